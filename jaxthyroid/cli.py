@@ -1,0 +1,252 @@
+"""The ``jaxthyroid`` command (also ``python -m jaxthyroid``).
+
+Each subcommand only composes library functions; heavy modules are imported inside
+the handlers so ``jaxthyroid --help`` is instant.
+
+  jaxthyroid simulate --n 48 --out sim/            simulated scintigrams as 16-bit PNG (+DICOM)
+  jaxthyroid data build phantom --quick            the phantom TFDS data set
+  jaxthyroid data build folder ROOT                a user's image folders as a TFDS data set
+  jaxthyroid train --config quick [--config.k=v]   two-phase cross-training from a config
+  jaxthyroid evaluate --run DIR                    metrics of a finished run on its test split
+  jaxthyroid predict --run DIR IMAGE...            findings with probabilities
+  jaxthyroid reproduce --preset quick              the whole method end to end, with report
+  jaxthyroid demo                                  what `make demo` runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+class CLIError(Exception):
+    """An error shown to the user as one line, without a traceback."""
+
+
+# --------------------------------------------------------------------------- simulate
+def _cmd_simulate(args) -> None:
+    from jaxthyroid.data import export
+
+    summary = export.write_simulated(
+        args.out, args.n, size=args.size, seed=args.seed, cross_fraction=args.cross_fraction, dicom=args.dicom
+    )
+    print(f"wrote {args.n} simulated scintigrams ({args.size}x{args.size}) to {args.out}")
+    for k, v in summary.items():
+        if k != "paths":
+            print(f"  {k}: {v}")
+
+
+# --------------------------------------------------------------------------- data
+QUICK_SIZES = dict(size=64, n_train=480, n_val=120, n_test=120)
+
+
+def _cmd_data_build(args) -> None:
+    if args.source == "phantom":
+        from jaxthyroid.data import phantom_builder
+
+        sizes = dict(size=args.size, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test)
+        if args.quick:
+            sizes = {k: (v if getattr(args, k) is not None else QUICK_SIZES[k]) for k, v in sizes.items()}
+        sizes = {k: v for k, v in sizes.items() if v is not None}
+        info = phantom_builder.build_phantom(
+            args.data_dir, cross_fraction=args.cross_fraction, seed=args.seed, **sizes
+        )
+        print(f"phantom data set ready: {info}")
+    else:
+        if not args.root:
+            raise CLIError("data build folder needs ROOT: a folder of <finding>[+<finding>]/ image folders")
+        from jaxthyroid.data import folder_builder
+
+        info = folder_builder.build_folder(
+            args.root,
+            args.data_dir,
+            name=args.name,
+            size=args.size or 128,
+            seed=args.seed,
+            taxonomy_from_folders=args.taxonomy_from_folders,
+            labels_csv=args.labels_csv,
+            skip_bad=args.skip_bad,
+        )
+        print(f"folder data set ready: {info}")
+
+
+# --------------------------------------------------------------------------- train / evaluate / predict
+def _cmd_train(args, overrides) -> None:
+    from jaxthyroid import config as config_lib
+    from jaxthyroid import cross_training
+
+    cfg = config_lib.load_config(args.config, overrides)
+    if args.workdir:
+        with cfg.unlocked():
+            cfg.workdir = args.workdir
+    result = cross_training.run(cfg)
+    print(f"run directory: {result['workdir']}")
+    print(cross_training.summary_table(result))
+
+
+def _cmd_evaluate(args) -> None:
+    from jaxthyroid import cross_training
+
+    result = cross_training.evaluate_run(args.run, which=args.which)
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+    else:
+        print(cross_training.summary_table({"evaluations": {args.which: result}}))
+
+
+def _cmd_predict(args) -> None:
+    from jaxthyroid import cross_training
+
+    rows = cross_training.predict_files(args.run, args.images, which=args.which)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
+        print(f"{row['file']}: {'+'.join(row['findings'])}\n    {probs}")
+
+
+# --------------------------------------------------------------------------- reproduce / demo
+def _cmd_reproduce(args, overrides) -> None:
+    from jaxthyroid import reproduce
+
+    path = reproduce.run(args.preset, out=args.out, force=args.force or (), seeds=args.seeds, overrides=overrides)
+    print(f"report: {path}")
+
+
+def _cmd_demo(args) -> None:
+    from jaxthyroid import reproduce
+
+    path = reproduce.run("quick", out=args.out, force=(), seeds=1, overrides=())
+    print(f"report: {path}")
+
+
+def _cmd_bench(args, rest) -> None:
+    import runpy
+
+    sys.argv = ["benchmarks.run", *rest]
+    runpy.run_module("benchmarks.run", run_name="__main__")
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="jaxthyroid",
+        description="Thyroid scintigraphy diagnosis in JAX: simulator, GAN augmentation, "
+        "cross-residual ResNet, two-phase cross-training.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="write simulated scintigrams as 16-bit PNG (and DICOM)")
+    s.add_argument("--n", type=int, default=48, help="number of images (default 48)")
+    s.add_argument("--out", required=True, help="output folder (one subfolder per finding set)")
+    s.add_argument("--size", type=int, default=128, choices=(64, 128, 256))
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--cross-fraction", type=float, default=0.25, help="share of cross-feature images")
+    s.add_argument("--dicom", action="store_true", help="also write NM DICOM files")
+    s.set_defaults(handler=_cmd_simulate)
+
+    d = sub.add_parser("data", help="build data sets (TFDS, array_record)")
+    dsub = d.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    b = dsub.add_parser("build", help="build the phantom data set or one from a folder of images")
+    b.add_argument("source", choices=("phantom", "folder"))
+    b.add_argument("root", nargs="?", help="folder: ROOT/<finding>[+<finding>]/*.png|tif|jpg|dcm")
+    b.add_argument("--data-dir", default=os.environ.get("JAXTHYROID_DATA_DIR", "data_dir"),
+                   help="where data sets are written (default ./data_dir or $JAXTHYROID_DATA_DIR)")
+    b.add_argument("--size", type=int, default=None, help="image size (phantom: 64/128/256; default 128)")
+    b.add_argument("--n-train", type=int, default=None)
+    b.add_argument("--n-val", type=int, default=None)
+    b.add_argument("--n-test", type=int, default=None)
+    b.add_argument("--quick", action="store_true", help=f"phantom at quick size {QUICK_SIZES}")
+    b.add_argument("--cross-fraction", type=float, default=0.25)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--name", default=None, help="folder: data set name (default: the folder's name)")
+    b.add_argument("--taxonomy-from-folders", action="store_true",
+                   help="folder: take the findings from the folder names instead of the default six")
+    b.add_argument("--labels-csv", default=None, help="folder: CSV of path,finding_set instead of folders")
+    b.add_argument("--skip-bad", action="store_true", help="folder: skip unreadable files (reports a count)")
+    b.set_defaults(handler=_cmd_data_build)
+
+    t = sub.add_parser("train", help="two-phase cross-training from a config file",
+                       description="Overrides: --config.KEY=VALUE (e.g. --config.phase2.epochs=5).")
+    t.add_argument("--config", required=True, help="config file or name in experiments/configs (e.g. quick)")
+    t.add_argument("--workdir", default=None, help="run directory (default: the config's workdir)")
+    t.set_defaults(handler=_cmd_train, takes_overrides=True)
+
+    e = sub.add_parser("evaluate", help="evaluate a run's final model on its test split")
+    e.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
+    e.add_argument("--which", default="phase2", help="phase1 | phase2 | plain (default phase2)")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(handler=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="findings with probabilities for image files")
+    pr.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
+    pr.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/DICOM files")
+    pr.add_argument("--which", default="phase2")
+    pr.add_argument("--json", action="store_true")
+    pr.set_defaults(handler=_cmd_predict)
+
+    r = sub.add_parser("reproduce", help="the whole method end to end, with report.md",
+                       description="Overrides: --config.KEY=VALUE apply to the preset.")
+    r.add_argument("--preset", default="quick", help="quick | paper | a config file")
+    r.add_argument("--out", default=None, help="output folder (default runs/reproduce_<preset>)")
+    r.add_argument("--force", action="append", help="redo this stage (repeatable)")
+    r.add_argument("--seeds", type=int, default=1, help="repeat the runs with this many seeds")
+    r.set_defaults(handler=_cmd_reproduce, takes_overrides=True)
+
+    dm = sub.add_parser("demo", help="what `make demo` runs: reproduce --preset quick")
+    dm.add_argument("--out", default="demo")
+    dm.set_defaults(handler=_cmd_demo)
+
+    bn = sub.add_parser("bench", help="run the benchmark suite (python -m benchmarks.run)", add_help=False)
+    bn.set_defaults(handler=_cmd_bench, takes_rest=True)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "takes_rest", False):
+            args.handler(args, rest)
+        elif getattr(args, "takes_overrides", False):
+            bad = [a for a in rest if not a.startswith("--config.")]
+            if bad:
+                parser.error(f"unrecognized arguments: {' '.join(bad)}")
+            args.handler(args, rest)
+        else:
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as e:  # known user errors get one line; anything else a traceback
+        from jaxthyroid.config import ConfigError
+        from jaxthyroid.findings import UnknownFindingError
+
+        user_errors = (CLIError, ConfigError, UnknownFindingError, FileNotFoundError)
+        extra = _user_error_types()
+        if isinstance(e, user_errors + extra):
+            print(f"jaxthyroid: error: {e}", file=sys.stderr)
+            return 2
+        raise
+    return 0
+
+
+def _user_error_types() -> tuple[type, ...]:
+    """Error classes of the library that mean a bad input, not a bug (imported lazily)."""
+    types = []
+    for module, name in (("jaxthyroid.data.images", "DataError"), ("jaxthyroid.train.loop", "TrainingDiverged"),
+                         ("jaxthyroid.train.checkpoint", "CheckpointError")):
+        mod = sys.modules.get(module)
+        if mod is not None and hasattr(mod, name):
+            types.append(getattr(mod, name))
+    return tuple(types)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
