@@ -59,7 +59,7 @@ def _cmd_data_build(args) -> None:
             raise CLIError("data build folder needs ROOT: a folder of <finding>[+<finding>]/ image folders")
         from jaxthyroid.data import folder_builder
 
-        info = folder_builder.build_folder(
+        path, plan = folder_builder.build_folder(
             args.root,
             args.data_dir,
             name=args.name,
@@ -69,7 +69,12 @@ def _cmd_data_build(args) -> None:
             labels_csv=args.labels_csv,
             skip_bad=args.skip_bad,
         )
-        print(f"folder data set ready: {info}")
+        print(f"folder data set ready: {path}")
+        print(f"  {len(plan.taxonomy.finding_sets)} finding sets, findings: {', '.join(plan.taxonomy.findings)}")
+        if plan.skipped:
+            print(f"  skipped {len(plan.skipped)} bad file(s)")
+        print(f"  train on it with: jaxthyroid train --config cross_training_quick "
+              f"--config.data.source=folder --config.data.dataset_dir={path} --config.data.size={args.size or 128}")
 
 
 # --------------------------------------------------------------------------- train / evaluate / predict
@@ -225,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as e:  # known user errors get one line; anything else a traceback
+        if os.environ.get("JAXTHYROID_DEBUG"):
+            raise
         from jaxthyroid.config import ConfigError
         from jaxthyroid.findings import UnknownFindingError
 
@@ -240,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 def _user_error_types() -> tuple[type, ...]:
     """Error classes of the library that mean a bad input, not a bug (imported lazily)."""
     types = []
-    for module, name in (("jaxthyroid.data.images", "DataError"), ("jaxthyroid.train.loop", "TrainingDiverged"),
+    for module, name in (("jaxthyroid.data.features", "DataError"), ("jaxthyroid.data.images", "ImageError"), ("jaxthyroid.train.loop", "TrainingDiverged"),
                          ("jaxthyroid.train.checkpoint", "CheckpointError")):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):

@@ -26,7 +26,7 @@ def get_config():
     c.data = ml_collections.ConfigDict()
     c.data.source = "phantom"          # phantom (TFDS + grain) | folder (a built folder data set)
     c.data.data_dir = "data_dir"       # where TFDS data sets live
-    c.data.name = ""                   # folder data set name (source=folder)
+    c.data.dataset_dir = ""            # source=folder: the folder `jaxthyroid data build folder` printed
     c.data.size = 64
     c.data.n_train = 1200
     c.data.n_val = 240
