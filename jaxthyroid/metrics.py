@@ -1,0 +1,151 @@
+"""Classification metrics (host side, numpy): per finding, macro, exact match, confusion.
+
+For each finding, treating it as a binary problem over the images:
+
+    recall (sensitivity) = TP / (TP + FN)      specificity = TN / (TN + FP)
+    precision            = TP / (TP + FP)      F1 = 2 TP / (2 TP + FP + FN)
+    ROC AUC = P(score of a positive > score of a negative), ties counting 1/2
+            = (sum of the positives' ranks - P (P + 1) / 2) / (P N)   (Mann-Whitney)
+
+A ratio with a zero denominator is NaN (e.g. recall of a finding absent from the
+subset, AUC when all images are of one class); macro averages skip NaNs (NaN when
+all are). Exact-match accuracy — the paper's "accuracy" — counts images whose
+predicted finding set (:func:`jaxthyroid.findings.predict`: p >= threshold, argmax
+when none) equals the label. Everything is reported on the single-feature,
+cross-feature and all test images (DESIGN §2).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from jaxthyroid import findings as findings_lib
+
+SUBSETS = ("single", "cross", "all")
+MEASURES = ("recall", "precision", "specificity", "f1", "auc")
+
+
+def _ratio(num: float, den: float) -> float:
+  return float(num) / float(den) if den else float("nan")
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Rank-based ROC AUC of ``scores [N]`` for boolean ``positive [N]``; NaN if one class."""
+  scores = np.asarray(scores, np.float64)
+  positive = np.asarray(positive, bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if n_pos == 0 or n_neg == 0:
+    return float("nan")
+  # Average ranks (1-based) with ties sharing the mean of their positions.
+  order = np.argsort(scores, kind="mergesort")
+  sorted_scores = scores[order]
+  ranks = np.empty(len(scores), np.float64)
+  start = 0
+  while start < len(scores):
+    end = start
+    while end + 1 < len(scores) and sorted_scores[end + 1] == sorted_scores[start]:
+      end += 1
+    ranks[order[start:end + 1]] = (start + end) / 2.0 + 1.0
+    start = end + 1
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def binary_metrics(pred: np.ndarray, true: np.ndarray, scores: np.ndarray) -> dict:
+  """Recall, precision, specificity, F1, AUC and counts of one finding (boolean ``[N]``)."""
+  pred, true = np.asarray(pred, bool), np.asarray(true, bool)
+  tp = int(np.sum(pred & true))
+  fp = int(np.sum(pred & ~true))
+  fn = int(np.sum(~pred & true))
+  tn = int(np.sum(~pred & ~true))
+  return {
+      "recall": _ratio(tp, tp + fn),
+      "precision": _ratio(tp, tp + fp),
+      "specificity": _ratio(tn, tn + fp),
+      "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+      "auc": roc_auc(scores, true),
+      "support": tp + fn,
+      "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+  }
+
+
+def _nanmean(values) -> float:
+  values = np.asarray(values, np.float64)
+  if values.size == 0 or np.all(np.isnan(values)):
+    return float("nan")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return float(np.nanmean(values))
+
+
+def _subset_report(probs, labels, pred, taxonomy) -> dict:
+  true = labels > 0.5
+  per_finding = {name: binary_metrics(pred[:, i], true[:, i], probs[:, i])
+                 for i, name in enumerate(taxonomy.findings)}
+  macro = {m: _nanmean([per_finding[f][m] for f in taxonomy.findings]) for m in MEASURES}
+  exact = np.all(pred == true, axis=-1)
+  return {
+      "count": int(len(labels)),
+      "exact_match": float(exact.mean()) if len(labels) else float("nan"),
+      "per_finding": per_finding,
+      "macro": macro,
+  }
+
+
+def classification_report(probs: np.ndarray, labels: np.ndarray, *,
+                          subset: np.ndarray | None = None,
+                          taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT,
+                          threshold: float = 0.5) -> dict:
+  """Per-finding and macro metrics and exact-match accuracy on each image subset.
+
+  Args:
+    probs: per-finding probabilities ``[N, F]``.
+    labels: multi-hot labels ``[N, F]``.
+    subset: ``[N]``, 1/True for cross-feature images, 0/False for single-feature
+      (the data sets' ``subset`` field); None derives it from the labels (>= 2 findings).
+    taxonomy: names the ``F`` findings.
+    threshold: probability from which a finding is predicted.
+
+  Returns:
+    ``{'single'|'cross'|'all': {'count', 'exact_match', 'per_finding': {finding:
+    {'recall', 'precision', 'specificity', 'f1', 'auc', 'support', 'tp', 'fp', 'fn',
+    'tn'}}, 'macro': {'recall', 'precision', 'specificity', 'f1', 'auc'}}}``.
+  """
+  probs = np.asarray(probs, np.float64)
+  labels = np.asarray(labels, np.float64)
+  if probs.shape != labels.shape or probs.ndim != 2:
+    raise ValueError(f"probs {probs.shape} and labels {labels.shape} must both be [N, F]")
+  if probs.shape[1] != taxonomy.num_findings:
+    raise ValueError(f"{probs.shape[1]} outputs but the taxonomy has "
+                     f"{taxonomy.num_findings} findings ({', '.join(taxonomy.findings)})")
+  cross = (labels > 0.5).sum(-1) >= 2 if subset is None else np.asarray(subset).astype(bool)
+  pred = findings_lib.predict(probs, threshold) > 0.5
+  masks = {"single": ~cross, "cross": cross, "all": np.ones(len(labels), bool)}
+  return {name: _subset_report(probs[m], labels[m], pred[m], taxonomy)
+          for name, m in masks.items()}
+
+
+def confusion_matrix(pred_set_ids: np.ndarray, true_set_ids: np.ndarray,
+                     num_sets: int) -> np.ndarray:
+  """Counts ``[num_sets, num_sets + 1]``: rows true finding set, columns predicted.
+
+  The last column, ``other``, counts predicted combinations that are not finding
+  sets of the taxonomy (id -1 from ``Taxonomy.set_id_of_multi_hot``).
+  """
+  pred = np.asarray(pred_set_ids, np.int64).reshape(-1)
+  true = np.asarray(true_set_ids, np.int64).reshape(-1)
+  if pred.shape != true.shape:
+    raise ValueError(f"{pred.size} predictions but {true.size} labels")
+  if true.size and (true.min() < 0 or true.max() >= num_sets):
+    raise ValueError(f"true finding-set ids must be in [0, {num_sets}); got "
+                     f"{sorted(set(true[(true < 0) | (true >= num_sets)].tolist()))}")
+  pred = np.where((pred < 0) | (pred >= num_sets), num_sets, pred)
+  cm = np.zeros((num_sets, num_sets + 1), np.int64)
+  np.add.at(cm, (true, pred), 1)
+  return cm
+
+
+def confusion_labels(taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT) -> list[str]:
+  """Row/column names of :func:`confusion_matrix`: folder names, then ``other``."""
+  return [taxonomy.folder_name(s) for s in taxonomy.finding_sets] + ["other"]

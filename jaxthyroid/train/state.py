@@ -1,0 +1,47 @@
+"""The classifier's train state: parameters, BatchNorm statistics, optimiser state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from flax.training import train_state
+
+from jaxthyroid import parallel
+
+
+class TrainState(train_state.TrainState):
+  """``flax`` TrainState plus the BatchNorm running statistics (``{}`` when none)."""
+
+  batch_stats: Any = None
+
+
+def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
+                       sample_shape: tuple[int, ...], *, mesh=None) -> TrainState:
+  """Initialises a model and its optimiser state.
+
+  Shapes come from ``jax.eval_shape`` first (nothing is allocated to find them); the
+  init then runs jitted with every leaf replicated over ``mesh`` (one device when
+  None), so parameters land directly where the train step wants them.
+
+  Args:
+    key: a typed PRNG key (``jax.random.key``).
+    model: a linen classifier, ``model.apply(variables, x, train=...)``.
+    tx: the optimiser (:func:`jaxthyroid.train.optim.make_optimizer`).
+    sample_shape: input shape for init, ``[batch, H, W, C]``; batch 1 suffices.
+    mesh: the ``data`` mesh (:func:`jaxthyroid.parallel.make_mesh`) or None.
+  """
+
+  def init(key):
+    variables = model.init(key, jnp.zeros(sample_shape, jnp.float32), train=False)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
+
+  abstract = jax.eval_shape(init, key)
+  if mesh is None:
+    mesh = parallel.make_mesh(1)
+  out_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
+  return jax.jit(init, out_shardings=out_shardings)(key)
