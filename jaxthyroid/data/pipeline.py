@@ -103,6 +103,32 @@ def make_loader(
     )
 
 
+def eval_batch_indices(n: int, batch_size: int, *, shard_index: int = 0, shard_count: int = 1) -> list[np.ndarray]:
+    """Record indices of each eval batch of one shard (the last ones may be short or empty).
+
+    Shard ``k`` gets records ``k, k + count, …``; every shard gets the same number of
+    batches (``ceil(ceil(n / count) / batch_size)``, at least 1 when ``n > 0``), so
+    collective ops line up across processes.
+    """
+    mine = np.arange(shard_index, n, shard_count)
+    per_shard = -(-n // shard_count)
+    num_batches = max(1, math.ceil(per_shard / batch_size)) if n else 0
+    return [mine[b * batch_size : (b + 1) * batch_size] for b in range(num_batches)]
+
+
+def pad_batch(examples: dict, batch_size: int) -> dict:
+    """Stacked examples ``{key: [k, ...]}`` (``k <= batch_size``) -> a batch of exactly
+    ``batch_size``: zero rows appended, and ``mask`` float32 ``[batch_size]`` (1 real, 0 pad)."""
+    k = len(next(iter(examples.values())))
+    pad = batch_size - k
+    batch = {
+        name: np.concatenate([np.asarray(x), np.zeros((pad,) + np.shape(x)[1:], np.asarray(x).dtype)])
+        for name, x in examples.items()
+    }
+    batch["mask"] = np.concatenate([np.ones(k, np.float32), np.zeros(pad, np.float32)])
+    return batch
+
+
 def eval_batches(
     source,
     batch_size: int,
@@ -116,23 +142,12 @@ def eval_batches(
     real examples and 0 for padding, so metrics never drop images. With several
     processes give each its ``shard_index``/``shard_count``: shard ``k`` gets records
     ``k, k + count, …``, and every shard yields the same number of batches (so
-    collective ops line up).
+    collective ops line up). :func:`jaxthyroid.data.device_stream.eval_batches_from_arrays`
+    batches in-memory arrays the same way.
     """
-    n = len(source)
-    mine = np.arange(shard_index, n, shard_count)
-    per_shard = -(-n // shard_count)
-    num_batches = max(1, math.ceil(per_shard / batch_size)) if n else 0
-    for b in range(num_batches):
-        idx = mine[b * batch_size : (b + 1) * batch_size]
+    for idx in eval_batch_indices(len(source), batch_size, shard_index=shard_index, shard_count=shard_count):
         examples = [preprocess(source[int(i)]) for i in idx]
-        if examples:
-            template = examples[0]
-        else:  # this shard ran out first: a batch of padding only
-            template = preprocess(source[0])
-        pad = batch_size - len(examples)
-        batch = {
-            k: np.stack([e[k] for e in examples] + [np.zeros_like(template[k])] * pad)
-            for k in BATCH_KEYS
-        }
-        batch["mask"] = np.concatenate([np.ones(len(examples), np.float32), np.zeros(pad, np.float32)])
-        yield batch
+        # A shard that ran out first gets a batch of padding only (shaped like record 0).
+        rows = examples or [preprocess(source[0])]
+        stacked = {k: np.stack([e[k] for e in rows])[: len(examples)] for k in BATCH_KEYS}
+        yield pad_batch(stacked, batch_size)
