@@ -106,3 +106,62 @@ def plot_confusion(cm: np.ndarray, labels: Sequence[str], path: str | pathlib.Pa
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def contact_sheet(images_by_set: Mapping[str, Sequence[np.ndarray]], path: str | pathlib.Path, *,
+                  per_row: int = 6, cmap: str = "gray_r", max_bytes: int = 200_000) -> None:
+  """Scintigrams in a grid: one row per finding set, labelled with its name.
+
+  ``images_by_set`` maps a finding-set name to images ``[H, W]`` (or ``[H, W, 1]``)
+  of counts; the first ``per_row`` of each are shown, each scaled to its own 99.5th
+  percentile (a scintigram's usual display window), black = high counts. Written as
+  a palette PNG, the dpi lowered until the file is at most ``max_bytes``.
+  """
+  import io
+
+  from PIL import Image
+
+  plt = _pyplot()
+  names = [n for n, imgs in images_by_set.items() if len(imgs)]
+  if not names:
+    raise ValueError("contact_sheet: no images given")
+  rows, cols = len(names), max(1, per_row)
+  cell = 1.1
+  fig, axes = plt.subplots(rows, cols, figsize=(cols * cell + 1.6, rows * cell), squeeze=False)
+  for r, name in enumerate(names):
+    for c in range(cols):
+      ax = axes[r, c]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      for spine in ax.spines.values():
+        spine.set_visible(False)
+      imgs = images_by_set[name]
+      if c < len(imgs):
+        img = np.asarray(imgs[c], np.float32)
+        img = img[..., 0] if img.ndim == 3 else img
+        top = max(float(np.percentile(img, 99.5)), 1e-6)
+        ax.imshow(np.clip(img / top, 0.0, 1.0), cmap=cmap, vmin=0.0, vmax=1.0,
+                  interpolation="antialiased")
+    axes[r, 0].set_ylabel(name.replace("+", "+\n"), rotation=0, ha="right", va="center",
+                          fontsize=7)
+  fig.subplots_adjust(left=1.5 / (cols * cell + 1.6), right=0.995, top=0.995, bottom=0.005,
+                      wspace=0.04, hspace=0.04)
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    dpi = 90.0
+    for _ in range(4):
+      buf = io.BytesIO()
+      fig.savefig(buf, format="png", dpi=dpi)
+      buf.seek(0)
+      # A 64-colour palette PNG is ~3x smaller than matplotlib's RGBA and looks the same
+      # for a grey colormap.
+      with Image.open(buf) as im:
+        small = io.BytesIO()
+        im.convert("RGB").quantize(colors=64).save(small, format="PNG", optimize=True)
+      if small.tell() <= max_bytes:
+        break
+      dpi *= 0.92 * math.sqrt(max_bytes / small.tell())  # bytes grow ~ with dpi²
+    path.write_bytes(small.getvalue())
+  finally:
+    plt.close(fig)
