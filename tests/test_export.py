@@ -1,6 +1,7 @@
 """Image export: 16-bit PNG and DICOM round trips, a simulated folder data set."""
 
 import os
+import pathlib
 
 import numpy as np
 import pydicom
@@ -62,19 +63,21 @@ def test_contact_sheet_small_png(tmp_path):
 
 def test_write_simulated_folders_and_contact_sheet(tmp_path):
     summary = export.write_simulated(tmp_path, 20, size=64, seed=3, cross_fraction=0.5, dicom=True, chunk=8)
-    folders = {d for d in os.listdir(tmp_path) if (tmp_path / d).is_dir()}
-    assert folders == set(summary["counts_per_set"])
+    png, dcm = tmp_path / "png", tmp_path / "dicom"
+    folders = {d for d in os.listdir(png) if (png / d).is_dir()}
+    assert folders == set(summary["counts_per_set"]) == {d for d in os.listdir(dcm)}
     for d in folders:  # every folder name parses back to a finding set
         findings.DEFAULT.set_id(d)
     assert sum(summary["counts_per_set"].values()) == 20 == len(summary["paths"])
-    pngs = sorted(p for d in folders for p in os.listdir(tmp_path / d) if p.endswith(".png"))
-    dcms = sorted(p for d in folders for p in os.listdir(tmp_path / d) if p.endswith(".dcm"))
-    assert len(pngs) == len(dcms) == 20
+    pngs = sorted(p for d in folders for p in os.listdir(png / d) if p.endswith(".png"))
+    dcms = sorted(p[:-4] for d in folders for p in os.listdir(dcm / d) if p.endswith(".dcm"))
+    assert len(pngs) == 20 and [p[:-4] for p in pngs] == dcms
     with Image.open(summary["paths"][0]) as im:
         img = np.asarray(im)
     assert img.shape == (64, 64) and img.dtype == np.uint16 and img.sum() > 1e4
-    ds = pydicom.dcmread(summary["paths"][0][:-4] + ".dcm")
+    first = pathlib.Path(summary["paths"][0])
+    ds = pydicom.dcmread(dcm / first.parent.name / (first.stem + ".dcm"))
     np.testing.assert_array_equal(ds.pixel_array, img)
-    assert ds.ImageComments == os.path.basename(os.path.dirname(summary["paths"][0]))
+    assert ds.ImageComments == first.parent.name
     sheet = tmp_path / "contact_sheet.png"
     assert sheet.exists() and 0 < sheet.stat().st_size <= 200_000

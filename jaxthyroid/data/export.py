@@ -109,9 +109,10 @@ def write_simulated(out_dir, n: int, *, size: int = 128, seed: int = 0, cross_fr
 
     Image ``i`` is ``phantom.simulate(example_keys(seed, [i]), [set_i])`` with the
     sets from ``sample_finding_set_ids(key(seed), n, cross_fraction=...)``; it goes to
-    ``out_dir/<findings.DEFAULT.folder_name(set_i)>/<i:05d>.png`` (16-bit counts),
-    and with ``dicom=True`` also to ``.dcm`` beside it. ``out_dir/contact_sheet.png``
-    shows up to 6 images per finding set.
+    ``out_dir/png/<findings.DEFAULT.folder_name(set_i)>/<i:05d>.png`` (16-bit counts),
+    and with ``dicom=True`` also to ``out_dir/dicom/<folder>/<i:05d>.dcm``: each tree is
+    a folder data set of its own (``jaxthyroid data build folder out_dir/png``).
+    ``out_dir/contact_sheet.png`` shows up to 6 images per finding set.
 
     Returns ``{'out_dir', 'n', 'size', 'counts_per_set': {folder: count},
     'contact_sheet': path, 'paths': [png paths in index order]}``.
@@ -141,10 +142,10 @@ def write_simulated(out_dir, n: int, *, size: int = 128, seed: int = 0, cross_fr
             for j in np.flatnonzero(real):
                 i, sid = int(idx[j]), int(set_ids[idx[j]])
                 folder = taxonomy.folder_name(sid)
-                path = out / folder / f"{i:05d}.png"
+                path = out / "png" / folder / f"{i:05d}.png"
                 write_png16(path, images[j, ..., 0])
                 if dicom:
-                    write_dicom(path.with_suffix(".dcm"), images[j, ..., 0], finding_set_name=folder,
+                    write_dicom(out / "dicom" / folder / f"{i:05d}.dcm", images[j, ..., 0], finding_set_name=folder,
                                 patient_id=f"PHANTOM-{seed}-{i:05d}", pixel_spacing_mm=float(spacing[j]))
                 paths.append(str(path))
                 counts[folder] += 1
