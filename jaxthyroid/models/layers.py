@@ -1,0 +1,158 @@
+"""Layers shared by the classifiers: fast CPU forms of standard ops, and adaptive pooling.
+
+Every function here computes exactly what a standard op computes (tests compare
+values and gradients); it exists because XLA:CPU runs the standard form slowly
+(DESIGN §6):
+
+* ``max_pool_slices``: max-pool as a running maximum over ``k*k`` strided slices.
+  ``nn.max_pool``'s gradient lowers to select-and-scatter, which XLA:CPU runs
+  ~4× slower than the gradient of ``maximum`` (135 ms vs 30 ms for ResNet-18's
+  pool at batch 32, 128²).
+* ``Im2colConv``: a convolution as one matmul over extracted patches. For a conv
+  on few input channels (the 7×7 stem on one channel), XLA:CPU's weight gradient
+  reaches ~32 GFLOP/s; the matmul form is faster. It holds the same parameter as
+  ``nn.Conv`` (``kernel`` ``[kh, kw, C, F]``), so checkpoints are interchangeable.
+* ``adaptive_avg_pool``: torchvision's ``AdaptiveAvgPool2d`` bin rule (also for
+  outputs larger than the input, where it replicates), as two small matmuls.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+Dtype = Any
+Padding = tuple[tuple[int, int], tuple[int, int]]
+
+
+def max_pool_slices(x: jax.Array, window: int = 3, stride: int = 2,
+                    padding: Padding = ((1, 1), (1, 1))) -> jax.Array:
+  """Max-pool as a running maximum over ``window²`` strided slices.
+
+  Same output as ``nn.max_pool(x, (window, window), (stride, stride), padding)``
+  (padding with -inf, floor mode), with a gradient XLA:CPU runs much faster.
+
+  Args:
+    x: ``[batch, H, W, C]``.
+  Returns:
+    ``[batch, Ho, Wo, C]`` with ``Ho = (H + pad_h - window) // stride + 1``.
+  """
+  (pt, pb), (pl, pr) = padding
+  x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-jnp.inf)
+  h, w = x.shape[1], x.shape[2]
+  ho = (h - window) // stride + 1
+  wo = (w - window) // stride + 1
+  out = None
+  for i in range(window):
+    for j in range(window):
+      piece = lax.slice(x, (0, i, j, 0),
+                        (x.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1,
+                         x.shape[3]), (1, stride, stride, 1))
+      out = piece if out is None else jnp.maximum(out, piece)
+  return out
+
+
+def max_pool(x: jax.Array, window: int, stride: int, padding: Padding, *,
+             fast: bool) -> jax.Array:
+  """``nn.max_pool`` or its sliced form (``fast``); same values either way."""
+  if fast:
+    return max_pool_slices(x, window, stride, padding)
+  return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
+
+
+def extract_patches(x: jax.Array, kernel_size: tuple[int, int], strides: tuple[int, int],
+                    padding: Padding) -> jax.Array:
+  """im2col: ``[batch, H, W, C]`` -> ``[batch, Ho, Wo, kh*kw*C]``.
+
+  The last axis is ordered ``(i, j, c)``, matching ``kernel.reshape(kh*kw*C, F)``
+  for an ``nn.Conv`` kernel ``[kh, kw, C, F]``.
+  """
+  kh, kw = kernel_size
+  sh, sw = strides
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  h, w = x.shape[1], x.shape[2]
+  ho = (h - kh) // sh + 1
+  wo = (w - kw) // sw + 1
+  pieces = [
+      lax.slice(x, (0, i, j, 0),
+                (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, x.shape[3]),
+                (1, sh, sw, 1))
+      for i in range(kh) for j in range(kw)
+  ]
+  return jnp.concatenate(pieces, axis=-1)
+
+
+class Im2colConv(nn.Module):
+  """A bias-free convolution computed as patches @ kernel.
+
+  Parameters identical to ``nn.Conv(features, kernel_size, use_bias=False)``:
+  ``kernel`` ``[kh, kw, C, features]``. Worth it only for few input channels
+  (the stem): patches grow ``kh*kw``-fold in memory.
+  """
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: Padding = ((0, 0), (0, 0))
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """``[batch, H, W, C]`` -> ``[batch, Ho, Wo, features]``."""
+    kh, kw = self.kernel_size
+    c = x.shape[-1]
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, c, self.features),
+                        self.param_dtype)
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
+    return patches @ kernel.reshape(kh * kw * c, self.features)
+
+
+def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
+  """``[size_out, size_in]`` averaging matrix of torch's adaptive average pool.
+
+  Bin ``i`` covers ``[floor(i*In/Out), ceil((i+1)*In/Out))``; when ``Out > In``
+  bins repeat input rows (torchvision replicates).
+  """
+  m = np.zeros((size_out, size_in), np.float32)
+  for i in range(size_out):
+    start = (i * size_in) // size_out
+    end = math.ceil((i + 1) * size_in / size_out)
+    m[i, start:end] = 1.0 / (end - start)
+  return m
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: Sequence[int]) -> jax.Array:
+  """torch ``AdaptiveAvgPool2d``: ``[batch, H, W, C]`` -> ``[batch, oh, ow, C]``."""
+  oh, ow = output_size
+  h, w = x.shape[1], x.shape[2]
+  if (h, w) == (oh, ow):
+    return x
+  if h % oh == 0 and w % ow == 0:
+    # Equal bins: a plain average pool (cheaper than the matmuls).
+    return nn.avg_pool(x, (h // oh, w // ow), (h // oh, w // ow))
+  mh = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
+  mw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
+  return jnp.einsum('oh,bhwc,pw->bopc', mh, x, mw)
+
+
+def resize_to(image: jax.Array, height: int, width: int) -> jax.Array:
+  """Bring ``[batch, H, W, C]`` to ``[batch, height, width, C]``.
+
+  Average-pools when the sizes divide (exact area average, cheap), else resizes
+  linearly with antialiasing.
+  """
+  h, w = image.shape[1], image.shape[2]
+  if (h, w) == (height, width):
+    return image
+  if h % height == 0 and w % width == 0:
+    return nn.avg_pool(image, (h // height, w // width), (h // height, w // width))
+  return jax.image.resize(image, (image.shape[0], height, width, image.shape[3]),
+                          method='linear', antialias=True)

@@ -1,0 +1,145 @@
+"""GAN losses and train steps: values, learning on tiny models, 8 devices == 1 device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxthyroid.models import dcgan, srgan
+from jaxthyroid.parallel import make_mesh
+from jaxthyroid.train import gan_losses, gan_steps
+
+
+def key(seed: int) -> jax.Array:
+    """An RBG key: XLA:CPU compiles threefry-based initialisers ~10× slower."""
+    return jax.random.key(seed, impl="rbg")
+
+
+def images(seed: int, shape) -> jax.Array:
+    return jnp.tanh(jax.random.normal(key(seed), shape))
+
+
+# -- losses ---------------------------------------------------------------------------
+def test_adversarial_losses_at_chance_and_confident():
+    zeros = jnp.zeros(4)
+    np.testing.assert_allclose(gan_losses.discriminator_loss(real_logit=zeros, fake_logit=zeros), 2 * np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(gan_losses.generator_loss(fake_logit=zeros), np.log(2), rtol=1e-6)
+    confident = gan_losses.discriminator_loss(real_logit=jnp.full(4, 20.0), fake_logit=jnp.full(4, -20.0))
+    assert float(confident) < 1e-6
+    assert float(gan_losses.generator_loss(fake_logit=jnp.full(4, -20.0))) > 19.0
+
+
+def test_content_losses():
+    sr, hr = jnp.zeros((2, 4, 4, 1)), jnp.ones((2, 4, 4, 1))
+    assert float(gan_losses.content_loss("mse")(sr=sr, hr=hr)) == 1.0
+    doubled = gan_losses.content_loss("classifier", feature_fn=lambda x: [2 * x, x])
+    np.testing.assert_allclose(doubled(sr=sr, hr=hr), (4.0 + 1.0) / 2)
+    matching = gan_losses.content_loss("feature_matching")
+    assert float(matching(sr=sr, hr=hr, sr_features=[sr], hr_features=[hr])) == 1.0
+    with pytest.raises(ValueError, match="feature_fn"):
+        gan_losses.content_loss("vgg19")
+    with pytest.raises(ValueError, match="unknown content loss"):
+        gan_losses.content_loss("perceptual")
+    # Gradients reach only the fake features.
+    grad_real = jax.grad(lambda r: gan_losses.feature_distance(real_features=r, fake_features=sr))(hr)
+    assert float(jnp.abs(grad_real).sum()) == 0.0
+
+
+# -- DCGAN ----------------------------------------------------------------------------
+def test_discriminator_learns_fixed_fakes():
+    """Training D alone on a fixed real and a fixed fake batch lowers its loss."""
+    discriminator = dcgan.TinyDiscriminator(image_size=16)
+    real, fake = images(0, (8, 16, 16, 1)), 0.5 * images(1, (8, 16, 16, 1))
+    state = gan_steps.create_state(discriminator, key(2), optax.adam(1e-3, b1=0.5), real[:1])
+
+    @jax.jit
+    def update(state):
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            real_logit, upd = discriminator.apply(variables, real, train=True, mutable=["batch_stats"])
+            fake_logit, upd = discriminator.apply({"params": params, **upd}, fake, train=True, mutable=["batch_stats"])
+            return gan_losses.discriminator_loss(real_logit=real_logit, fake_logit=fake_logit), upd["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        return state.apply_gradients(grads=grads, batch_stats=stats), loss
+
+    losses = []
+    for _ in range(8):
+        state, loss = update(state)
+        losses.append(float(loss))
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.75 * losses[0], losses
+
+
+def test_dcgan_step_eight_devices_equals_one():
+    """One conditional D+G step on 8 devices (global-batch BN) equals the 1-device step."""
+    # 16² keeps compile time down and still has BatchNorm in both G and D.
+    generator = dcgan.TinyGenerator(image_size=16, num_classes=dcgan.NUM_FINDING_SETS)
+    discriminator = dcgan.TinyDiscriminator(image_size=16, num_classes=dcgan.NUM_FINDING_SETS)
+    batch = {"image": images(0, (16, 16, 16, 1)), "finding_set": jnp.arange(16, dtype=jnp.int32) % 12}
+
+    # SGD, not Adam: Adam's first step is ~lr·sign(g), which amplifies float noise
+    # in near-zero gradients; SGD compares the gradients themselves.
+    start = gan_steps.create_dcgan_state(generator, discriminator, key(1), g_tx=optax.sgd(0.1), d_tx=optax.sgd(0.1))
+
+    def run(mesh):
+        step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True)
+        return step(jax.tree.map(jnp.copy, start), batch, key(2))  # copy: the step donates its state
+
+    state_1, metrics_1 = run(None)
+    state_8, metrics_8 = run(make_mesh(8))
+    assert int(state_8.step) == 1 and np.isfinite(float(metrics_8["d_loss"]))
+    for name in metrics_1:
+        np.testing.assert_allclose(metrics_8[name], metrics_1[name], atol=1e-5, err_msg=name)
+    for part in ("generator", "discriminator"):
+        one, eight = getattr(state_1, part), getattr(state_8, part)
+        for a, b in zip(jax.tree.leaves((one.params, one.batch_stats)), jax.tree.leaves((eight.params, eight.batch_stats))):
+            np.testing.assert_allclose(b, a, atol=1e-5, err_msg=part)
+    # The step moved the parameters (so the comparison above was not vacuous).
+    assert float(jnp.abs(start.generator.params["up0"]["kernel"] - state_1.generator.params["up0"]["kernel"]).max()) > 1e-6
+
+
+def test_dcgan_step_unconditional_runs_and_updates_both():
+    generator, discriminator = dcgan.TinyGenerator(image_size=8), dcgan.TinyDiscriminator(image_size=8)
+    state = gan_steps.create_dcgan_state(generator, discriminator, key(3))
+    step = gan_steps.make_dcgan_step(generator, discriminator)
+    batch = {"image": images(4, (8, 8, 8, 1))}
+    for _ in range(3):
+        state, metrics = step(state, batch, key(5))
+    assert int(state.generator.step) == 3 and int(state.discriminator.step) == 3
+    assert all(np.isfinite(float(v)) for v in metrics.values())
+    assert 0.0 < float(metrics["real_score"]) < 1.0
+
+
+# -- SRResNet / SRGAN ---------------------------------------------------------------------
+def sr_batch(seed: int, batch: int = 4):
+    hr = images(seed, (batch, 16, 16, 1))
+    lr = hr.reshape(batch, 8, 2, 8, 2, 1).mean(axis=(2, 4))  # 2× box downsampling
+    return {"lr": lr, "hr": hr}
+
+
+def test_srresnet_pretrain_mse_decreases():
+    generator = srgan.TinySRResNet(num_blocks=1)
+    batch = sr_batch(0)
+    state = gan_steps.create_state(generator, key(1), optax.adam(1e-3), batch["lr"][:1])
+    step = gan_steps.make_srresnet_pretrain_step(generator)
+    mse = []
+    for _ in range(20):
+        state, metrics = step(state, batch)
+        mse.append(float(metrics["mse"]))
+    assert mse[-1] < 0.5 * mse[0], mse
+    np.testing.assert_allclose(metrics["psnr"], 10 * np.log10(4 / mse[-1]), rtol=1e-5)
+
+
+def test_srgan_step_feature_matching():
+    generator, discriminator = srgan.TinySRResNet(num_blocks=1), srgan.TinySRDiscriminator()
+    batch = sr_batch(2)
+    state = gan_steps.create_srgan_state(generator, discriminator, key(3), lr_shape=(8, 8, 1))
+    before = jax.tree.map(jnp.copy, state.generator.params)  # the step donates its state
+    step = gan_steps.make_srgan_step(generator, discriminator)
+    state, metrics = step(state, batch)
+    assert int(state.generator.step) == 1 and int(state.discriminator.step) == 1
+    np.testing.assert_allclose(metrics["g_loss"], metrics["content"] + 1e-3 * metrics["adversarial"], rtol=1e-5)
+    assert float(metrics["content"]) > 0.0 and np.isfinite(float(metrics["d_loss"]))
+    moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()), before, state.generator.params)
+    assert max(jax.tree.leaves(moved)) > 0.0
