@@ -20,6 +20,8 @@ import json
 import os
 import sys
 
+from jaxthyroid import compile_cache
+
 
 class CLIError(Exception):
     """An error shown to the user as one line, without a traceback."""
@@ -79,15 +81,22 @@ def _cmd_data_build(args) -> None:
 
 # --------------------------------------------------------------------------- train / evaluate / predict
 def _cmd_train(args, overrides) -> None:
+    import time
+
     from jaxthyroid import config as config_lib
     from jaxthyroid import cross_training
 
+    start = time.perf_counter()
     cfg = config_lib.load_config(args.config, overrides)
     if args.workdir:
         with cfg.unlocked():
             cfg.workdir = args.workdir
     result = cross_training.run(cfg)
-    print(f"run directory: {result['workdir']}")
+    print(f"run directory: {result['workdir']}  ({time.perf_counter() - start:.0f} s)")
+    check = result.get("graft_check", {})
+    if check:
+        print(f"graft check: max |logit difference| phase 1 vs grafted cross model = "
+              f"{check['max_abs_logit_diff']:.2e} on {check['images']} validation images")
     print(cross_training.summary_table(result))
 
 
@@ -97,8 +106,15 @@ def _cmd_evaluate(args) -> None:
     result = cross_training.evaluate_run(args.run, which=args.which)
     if args.json:
         print(json.dumps(result, indent=2, default=float))
-    else:
-        print(cross_training.summary_table({"evaluations": {args.which: result}}))
+        return
+    print(cross_training.summary_table({"evaluations": {args.which: result}}))
+    rows = [{"finding": name, **{m: result["all"]["per_finding"][name][m]
+                                 for m in ("recall", "precision", "specificity", "f1", "auc", "support")}}
+            for name in result["all"]["per_finding"]]
+    from jaxthyroid import report
+
+    print(f"per finding, all {result['all']['count']} test images:")
+    print(report.markdown_table(rows, list(rows[0]), precision=3))
 
 
 def _cmd_predict(args) -> None:
@@ -111,6 +127,13 @@ def _cmd_predict(args) -> None:
     for row in rows:
         probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
         print(f"{row['file']}: {'+'.join(row['findings'])}\n    {probs}")
+
+
+# --------------------------------------------------------------------------- augment
+def _cmd_augment(args) -> None:
+    from jaxthyroid import augmentation
+
+    augmentation.augment_command(args)
 
 
 # --------------------------------------------------------------------------- reproduce / demo
@@ -182,16 +205,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="evaluate a run's final model on its test split")
     e.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
-    e.add_argument("--which", default="phase2", help="phase1 | phase2 | plain (default phase2)")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--which", default="phase2", choices=("phase1", "phase2", "plain"),
+                   help="which model of the run (default phase2, the cross-trained one)")
+    e.add_argument("--json", action="store_true", help="the full report as JSON")
     e.set_defaults(handler=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="findings with probabilities for image files")
     pr.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
     pr.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/DICOM files")
-    pr.add_argument("--which", default="phase2")
-    pr.add_argument("--json", action="store_true")
+    pr.add_argument("--which", default="phase2", choices=("phase1", "phase2", "plain"),
+                    help="which model of the run (default phase2, the cross-trained one)")
+    pr.add_argument("--json", action="store_true", help="one JSON list of {file, findings, probabilities}")
     pr.set_defaults(handler=_cmd_predict)
+
+    a = sub.add_parser("augment", help="generate images with trained DCGAN+SRGAN into a synthetic TFDS set")
+    a.add_argument("--gan-dir", default=None, help="folder holding dcgan/ and srgan/ (e.g. a reproduce run's seed0/gan)")
+    a.add_argument("--dcgan-dir", default=None)
+    a.add_argument("--srgan-dir", default=None)
+    a.add_argument("--per-set", type=int, default=100, help="images per finding set (default 100)")
+    a.add_argument("--data-dir", default=os.environ.get("JAXTHYROID_DATA_DIR", "data_dir"))
+    a.add_argument("--name", default="synthetic", help="data set name (default synthetic)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--overwrite", action="store_true", help="replace an existing set of that name")
+    a.set_defaults(handler=_cmd_augment)
 
     r = sub.add_parser("reproduce", help="the whole method end to end, with report.md",
                        description="Overrides: --config.KEY=VALUE apply to the preset.")
@@ -211,10 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    compile_cache.enable()  # persistent XLA cache ($JAXTHYROID_CACHE_DIR; 'off' disables)
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = parser.parse_known_args(argv)
     try:
+        if args.command in ("train", "evaluate", "predict", "augment", "reproduce", "demo"):
+            from jaxthyroid import parallel
+
+            # Multi-process runs (JAX_COORDINATOR_ADDRESS / JAX_DISTRIBUTED_AUTO=1); a no-op otherwise.
+            parallel.initialize_distributed()
         if getattr(args, "takes_rest", False):
             args.handler(args, rest)
         elif getattr(args, "takes_overrides", False):

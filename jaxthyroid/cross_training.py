@@ -1,18 +1,23 @@
 """The two-phase cross-training schedule, composed from data, models and train.
 
-Phase 1 trains a classifier on single-feature images. Phase 2 grafts the phase-1
-weights into the cross-residual model (whose cross terms start at zero, so the
-grafted model computes the same function) and retrains it on the cross-training set
-(single- and cross-feature images); which parameters train, and how fast, is the
-config's ``phase2.param_groups`` (optax ``multi_transform``). A plain model trained
-once on everything is the control.
+Phase 1 trains a classifier on single-feature images: the plain ResNet
+(``phase1.model = 'plain'``, the default) or the cross-residual ResNet with its
+cross terms frozen at zero (``'cross'``: ``cross_term`` gets a frozen param group).
+Phase 2 grafts the phase-1 weights into the cross-residual model (whose cross
+terms start at zero, so the grafted model computes the same function; the run
+checks it on a validation batch) and retrains it on the cross-training set
+(single- and cross-feature images); which parameters train, and how fast, is
+``phase2.param_groups`` (optax ``multi_transform``). A plain model trained once on
+everything is the control.
 
 Run directory layout::
 
   WORKDIR/config.json            the resolved config
-  WORKDIR/<phase>/               checkpoints/, metrics.jsonl, TensorBoard events
-  WORKDIR/<phase>/done.json      written when the phase finished (a rerun skips it)
-  WORKDIR/results.json           test metrics of every phase, histories
+  WORKDIR/taxonomy.json          the label space of the data set
+  WORKDIR/<phase>/               checkpoints/, metrics.jsonl, tb/ (TensorBoard)
+  WORKDIR/<phase>/done.json      written when the phase finished (a rerun skips it;
+                                 an unfinished phase resumes from its latest checkpoint)
+  WORKDIR/results.json           test metrics of every phase, histories, graft check
   WORKDIR/curves.png             validation accuracy and loss per epoch, both phases
   WORKDIR/confusion_<phase>.png  confusion matrix over finding sets
 
@@ -23,7 +28,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -34,11 +42,17 @@ import numpy as np
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import metrics as metrics_lib
 from jaxthyroid import parallel, report
+from jaxthyroid.config import ConfigError
 from jaxthyroid.models import registry, resnet
-from jaxthyroid.train import checkpoint as checkpoint_lib
 from jaxthyroid.train import loop, optim, state as state_lib, steps as steps_lib
+from jaxthyroid.train.checkpoint import CheckpointError
 
 PHASES = ("phase1", "phase2", "plain")
+PHASE_MODELS = ("plain", "cross")
+# Phase 1 of a cross model keeps its cross terms at zero: this group comes first.
+FREEZE_CROSS_TERMS = (resnet.CROSS_TERM, optim.FROZEN)
+
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- data
@@ -65,14 +79,16 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
             n_test=data_cfg.n_test, cross_fraction=data_cfg.cross_fraction, seed=seed)
     elif data_cfg.source == "folder":
         if not data_cfg.dataset_dir:
-            raise ValueError("data.source=folder needs data.dataset_dir: the folder that "
-                             "`jaxthyroid data build folder` printed")
+            raise ConfigError("data.source=folder needs data.dataset_dir: the folder that "
+                              "`jaxthyroid data build folder` printed")
         dataset_dir = data_cfg.dataset_dir
     else:
-        raise ValueError(f"data.source must be 'phantom' or 'folder', not {data_cfg.source!r}")
+        raise ConfigError(f"data.source must be 'phantom' or 'folder', not {data_cfg.source!r}")
 
     taxonomy = features.load_taxonomy(dataset_dir)
     train = features.load_source(dataset_dir, "train")
+    if data_cfg.get("train_per_set", 0):
+        train = sources.per_set_subset(train, int(data_cfg.train_per_set), seed=seed)
     if data_cfg.synthetic_dir and data_cfg.synthetic_ratio > 0:
         synthetic = features.load_source(data_cfg.synthetic_dir, "train")
         train = sources.mix_sources(train, synthetic, data_cfg.synthetic_ratio, seed=seed)
@@ -80,76 +96,212 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
                 features.load_source(dataset_dir, "test"), data_cfg.size)
 
 
-# ----------------------------------------------------------------------------- one phase
-def _optimizer_config(phase_cfg, total_steps: int) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict(phase_cfg.to_dict())
-    with c.unlocked():
-        c.total_steps = max(total_steps, 1)
-    return c
-
-
+# ----------------------------------------------------------------------------- models
 def build_model(cfg, *, cross: bool, num_classes: int):
+    """The configured ResNet, plain or cross-residual (same parameter paths outside
+    ``cross_term``)."""
+    if cfg.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype must be 'float32' or 'bfloat16', not {cfg.model.dtype!r}")
     dtype = jnp.bfloat16 if cfg.model.dtype == "bfloat16" else jnp.float32
-    return registry.get_model(cfg.model.name, num_classes=num_classes, in_channels=1, dtype=dtype,
-                              cross=cross, cross_source=cfg.model.cross_source)
+    overrides = {}
+    if cfg.model.get("num_filters", 0) and cfg.model.name.startswith("resnet"):
+        overrides["num_filters"] = int(cfg.model.num_filters)  # a narrower/wider ResNet
+    try:
+        return registry.get_model(cfg.model.name, num_classes=num_classes, in_channels=1, dtype=dtype,
+                                  cross=cross, cross_source=cfg.model.cross_source, **overrides)
+    except ValueError as e:  # unknown name / no cross form: a config problem
+        raise ConfigError(f"model: {e}") from None
 
 
-def train_phase(name: str, cfg, data: Data, model, *, init_variables=None, mesh=None):
-    """Trains one phase in ``WORKDIR/name``; resumes, or returns at once if done."""
-    from jaxthyroid.data import pipeline, sources
+def phase_is_cross(cfg, name: str) -> bool:
+    """Whether phase ``name`` trains the cross-residual model (``<phase>.model``;
+    defaults: phase1 plain, phase2 cross, plain plain)."""
+    model = cfg[name].get("model", "cross" if name == "phase2" else "plain")
+    if model not in PHASE_MODELS:
+        raise ConfigError(f"{name}.model must be one of {', '.join(PHASE_MODELS)}, not {model!r}")
+    return model == "cross"
+
+
+def phase_enabled(cfg, name: str) -> bool:
+    """Whether phase ``name`` runs (``<phase>.enabled``; phase 2 needs phase 1)."""
+    enabled = bool(cfg[name].get("enabled", True))
+    if name == "phase2" and enabled and not phase_enabled(cfg, "phase1"):
+        raise ConfigError("phase2.enabled needs phase1.enabled: phase 2 starts from phase 1's weights")
+    return enabled
+
+
+def phase_param_groups(cfg, name: str) -> list:
+    """The phase's param groups; a cross model in phase 1 gets ``cross_term`` frozen first."""
+    groups = [tuple(g) for g in (cfg[name].get("param_groups", ()) or ())]
+    if name == "phase1" and phase_is_cross(cfg, name):
+        groups = [FREEZE_CROSS_TERMS, *groups]
+    return groups
+
+
+def make_tx(cfg, name: str, total_steps: int, *, for_restore: bool = False):
+    """The phase's optimiser. ``for_restore``: same state structure, constant schedule
+    (a template to restore a checkpoint into; the schedule holds no state)."""
+    c = ml_collections.ConfigDict(cfg[name].to_dict())
+    with c.unlocked():
+        c.total_steps = max(int(total_steps), 1)
+        c.param_groups = phase_param_groups(cfg, name)
+        if for_restore:
+            c.schedule = "constant"
+    try:
+        return optim.make_optimizer(c)
+    except ValueError as e:  # bad schedule / optimiser / group: a config problem
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def init_key(seed: int, index: int) -> jax.Array:
+    """A key for parameter initialisation. XLA:CPU compiles threefry-based initialisers
+    about 10x slower than RBG ones (seconds per model, measured in the model and GAN
+    tests); initial weights only need to be seeded, so init keys are RBG."""
+    return jax.random.key(seed * 1_000 + index, impl="rbg")
+
+
+def init_variables(model, key, size: int) -> dict:
+    """``{'params', 'batch_stats'}`` of a fresh model for ``[1, size, size, 1]`` images."""
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 1), jnp.float32),
+                                             train=False))(key)
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def abstract_state(model, tx, size: int, mesh=None):
+    """The TrainState's shapes, dtypes and (replicated) shardings, nothing allocated:
+    a template to restore a checkpoint into."""
+
+    def init(key):
+        variables = model.init(key, jnp.zeros((1, size, size, 1), jnp.float32), train=False)
+        return state_lib.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                                           batch_stats=variables.get("batch_stats", {}))
+
+    sharding = parallel.replicated(mesh if mesh is not None else parallel.make_mesh(1))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                        jax.eval_shape(init, jax.random.key(0)))
+
+
+def graft(phase1_variables: dict, cross_model, *, size: int, key) -> dict:
+    """The phase-1 weights in the cross model (cross terms at zero): fresh arrays,
+    so donating them in phase 2 leaves the phase-1 state intact."""
+    template = init_variables(cross_model, key, size)
+    grafted = resnet.graft_plain_into_cross(phase1_variables, template)
+    return jax.tree.map(jnp.array, grafted)
+
+
+def logits_fn(model):
+    """Jitted inference ``(variables, images [B, H, W, 1]) -> logits [B, F]`` (float32)."""
+    return jax.jit(lambda variables, images: model.apply(variables, images, train=False)
+                   .astype(jnp.float32))
+
+
+def variables_of(state) -> dict:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+
+
+# ----------------------------------------------------------------------------- one phase
+def _subset_accuracy(arrays: dict) -> dict:
+    """Validation exact match on single- and cross-feature images (for the logs)."""
+    pred = findings_lib.predict(arrays["probs"])
+    exact = np.all(pred == (arrays["findings"] > 0.5), -1)
+    out = {}
+    if "subset" in arrays:
+        for name, flag in (("single", 0), ("cross", 1)):
+            sel = arrays["subset"] == flag
+            out[f"exact_match_{name}"] = float(exact[sel].mean()) if sel.any() else float("nan")
+    return out
+
+
+def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, mesh=None):
+    """Trains one phase in ``WORKDIR/name``: resumes an interrupted one; a finished
+    one (``done.json``) is restored, not retrained.
+
+    Returns ``(state, history, info)``: the state of the best validation epoch, the
+    per-epoch history and ``done.json``'s contents.
+    """
+    from jaxthyroid.data import pipeline, sources, transforms
 
     phase_cfg = cfg[name]
     workdir = pathlib.Path(cfg.workdir) / name
     source = data.train if phase_cfg.train_on == "all" else sources.single_feature(data.train)
+    if phase_cfg.train_on not in ("all", "single"):
+        raise ConfigError(f"{name}.train_on must be 'single' or 'all', not {phase_cfg.train_on!r}")
     batch_size = cfg.data.batch_size
+    n_dev = mesh.size if mesh is not None else 1
+    for field in ("batch_size", "eval_batch_size"):
+        if cfg.data[field] % n_dev:
+            raise ConfigError(f"data.{field}={cfg.data[field]} must be a multiple of the "
+                              f"{n_dev} devices")
     steps_per_epoch = len(source) // batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{name}: {len(source)} training images is less than one batch of {batch_size}")
-    tx = optim.make_optimizer(_optimizer_config(phase_cfg, steps_per_epoch * phase_cfg.epochs))
+        raise ConfigError(f"{name}: {len(source)} training images is less than one batch of "
+                          f"{batch_size}; lower data.batch_size or raise data.n_train")
+    total_steps = steps_per_epoch * phase_cfg.epochs
+    tx = make_tx(cfg, name, total_steps)
     key = jax.random.fold_in(jax.random.key(cfg.seed), PHASES.index(name))
-    sample_shape = (batch_size, data.size, data.size, 1)
-    state = state_lib.create_train_state(key, model, tx, sample_shape, mesh=mesh)
-    if init_variables is not None:
-        state = state.replace(params=init_variables["params"],
-                              batch_stats=init_variables.get("batch_stats", state.batch_stats))
+    template = abstract_state(model, tx, data.size, mesh)
+
+    done = workdir / "done.json"
+    if done.exists():
+        info = json.loads(done.read_text())
+        state = loop.restore_state(workdir, template, which="best")
+        log.info("%s: finished earlier (done.json); restored its best checkpoint", name)
+        return state, info["history"], info
+
+    state = state_lib.create_train_state(init_key(cfg.seed, PHASES.index(name)), model, tx,
+                                         (1, data.size, data.size, 1), mesh=mesh)
+
+    if initial_variables is not None:
+        # Placed like the fresh state (replicated over the mesh).
+        params = jax.device_put(initial_variables["params"], jax.tree.map(lambda x: x.sharding, state.params))
+        stats = jax.device_put(initial_variables["batch_stats"],
+                               jax.tree.map(lambda x: x.sharding, state.batch_stats))
+        state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
     train_step, eval_step = steps_lib.make_classifier_steps(model, mesh)
-
-    from jaxthyroid.data import transforms
-
     augment = transforms.AugmentConfig() if cfg.data.augment else None
 
     def train_batches(epoch):
-        return iter(pipeline.make_loader(source, batch_size=batch_size, seed=cfg.seed * 1000 + epoch,
-                                         shuffle=True, num_epochs=1, augment=augment))
+        # Seeded by phase and epoch: a resumed epoch replays the same batches.
+        seed = cfg.seed * 100_003 + PHASES.index(name) * 1_000 + epoch
+        return iter(pipeline.make_loader(source, batch_size=batch_size, seed=seed, shuffle=True,
+                                         num_epochs=1, augment=augment))
 
     def eval_batches():
         return pipeline.eval_batches(data.validation, cfg.data.eval_batch_size)
 
-    done = workdir / "done.json"
-    if done.exists():
-        state = loop.restore_state(workdir, state, which="best")
-        return state, json.loads(done.read_text())["history"]
-    state, history = loop.fit(
+    start = time.perf_counter()
+    _, history = loop.fit(
         state=state, train_step=train_step, eval_step=eval_step, train_batches=train_batches,
         eval_batches=eval_batches, num_epochs=phase_cfg.epochs, workdir=workdir, key=key, mesh=mesh,
         steps_per_epoch=steps_per_epoch, checkpoint_every_steps=cfg.checkpoint_every_steps, keep=cfg.keep,
-        best_metric="val_exact_match", best_mode="max", log_every=cfg.log_every, phase=name)
-    state = loop.restore_state(workdir, state, which="best")
-    done.write_text(json.dumps({"history": history}, default=float))
-    return state, history
+        best_metric="val_exact_match", best_mode="max", eval_fn=_subset_accuracy,
+        log_every=cfg.log_every, phase=name)
+    # fit donated its input state; the abstract template receives the best checkpoint.
+    state = loop.restore_state(workdir, template, which="best")
+    best = max(history, key=lambda h: h.get("val_exact_match", -1.0))
+    info = {"history": history, "best_epoch": best["epoch"], "train_images": len(source),
+            "steps": total_steps, "seconds": time.perf_counter() - start}
+    tmp = done.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=1, default=_json_default))
+    os.replace(tmp, done)
+    return state, history, info
 
 
 # ----------------------------------------------------------------------------- evaluation
-def predict_probs(model, state, source, batch_size: int, mesh=None) -> dict[str, np.ndarray]:
-    """Sigmoid probabilities and labels for every image of a source (padded last batch)."""
+def predict_probs(model, variables, source, batch_size: int, mesh=None, *, apply=None) -> dict[str, np.ndarray]:
+    """Sigmoid probabilities ``[N, F]``, labels ``[N, F]``, ``subset`` and
+    ``finding_set`` ``[N]`` for every record of a source (the last batch padded)."""
     from jaxthyroid.data import pipeline
 
-    _, eval_step = steps_lib.make_classifier_steps(model, mesh)
+    apply = apply or logits_fn(model)
     probs, labels, subset, set_ids = [], [], [], []
     for batch in pipeline.eval_batches(source, batch_size):
         mask = np.asarray(batch["mask"]) > 0
-        out = eval_step(state, {k: v for k, v in batch.items() if k in ("image", "findings", "mask")})
-        probs.append(np.asarray(jax.nn.sigmoid(out["logits"].astype(jnp.float32)))[mask])
+        images = batch["image"]
+        if mesh is not None:
+            images = parallel.shard_batch(images, mesh)
+        logits = np.asarray(apply(variables, images))
+        probs.append(1.0 / (1.0 + np.exp(-logits.astype(np.float64)))[mask])
         labels.append(np.asarray(batch["findings"])[mask])
         subset.append(np.asarray(batch["subset"])[mask])
         set_ids.append(np.asarray(batch["finding_set"])[mask])
@@ -157,56 +309,144 @@ def predict_probs(model, state, source, batch_size: int, mesh=None) -> dict[str,
             "subset": np.concatenate(subset), "finding_set": np.concatenate(set_ids)}
 
 
-def evaluate(model, state, data: Data, *, batch_size: int, mesh=None, figure_path=None) -> dict:
-    out = predict_probs(model, state, data.test, batch_size, mesh)
+def evaluate(model, variables, data: Data, *, batch_size: int, mesh=None, figure_path=None,
+             title: str | None = None, apply=None) -> dict:
+    """Test-split report (:func:`jaxthyroid.metrics.classification_report`) plus
+    ``confusion_matrix`` over finding sets (rows true, columns predicted, last ``other``)."""
+    out = predict_probs(model, variables, data.test, batch_size, mesh, apply=apply)
     result = metrics_lib.classification_report(out["probs"], out["labels"], subset=out["subset"],
                                                taxonomy=data.taxonomy)
     pred_ids = data.taxonomy.set_id_of_multi_hot(findings_lib.predict(out["probs"]))
     cm = metrics_lib.confusion_matrix(pred_ids, out["finding_set"], data.taxonomy.num_sets)
-    result["confusion_matrix"] = np.asarray(cm).tolist()
+    result["confusion_matrix"] = cm.tolist()
+    result["confusion_labels"] = metrics_lib.confusion_labels(data.taxonomy)
     if figure_path is not None:
-        labels = [data.taxonomy.folder_name(s) for s in data.taxonomy.finding_sets]
-        report.plot_confusion(np.asarray(cm), labels, figure_path)
+        labels = [data.taxonomy.folder_name(s) for s in range(data.taxonomy.num_sets)]
+        kwargs = {"title": title} if title else {}
+        report.plot_confusion(cm, labels, figure_path, **kwargs)
     return result
 
 
+def _graft_check(plain_apply, cross_apply, plain_vars, cross_vars, data: Data, batch_size: int, mesh) -> dict:
+    """Max |logit difference| between the phase-1 model and the grafted cross model
+    on the first validation batch (0 up to float round-off: the cross terms are 0)."""
+    from jaxthyroid.data import pipeline
+
+    batch = next(iter(pipeline.eval_batches(data.validation, batch_size)))
+    images = parallel.shard_batch(batch["image"], mesh) if mesh is not None else batch["image"]
+    a = np.asarray(plain_apply(plain_vars, images))
+    b = np.asarray(cross_apply(cross_vars, images))
+    return {"max_abs_logit_diff": float(np.max(np.abs(a - b))), "images": int(batch["mask"].sum())}
+
+
 # ----------------------------------------------------------------------------- the schedule
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "workdir"}
+
+
+def _write_config(cfg, workdir: pathlib.Path) -> None:
+    """Writes config.json; a workdir holding another config's run is an error."""
+    path = workdir / "config.json"
+    new = json.loads(json.dumps(cfg.to_dict(), default=str))  # tuples -> lists, as read back
+    if path.exists():
+        old = json.loads(path.read_text())
+        if _comparable(old) != _comparable(new):
+            diff = sorted(_diff_keys(_comparable(old), _comparable(new)))
+            raise ConfigError(f"{workdir} holds a run with another config (differs in "
+                              f"{', '.join(diff[:6])}); use another --workdir or delete it")
+    path.write_text(json.dumps(new, indent=2))
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """A copy with paths made absolute (a run directory is read later from anywhere)."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    with cfg.unlocked():
+        cfg.workdir = os.path.abspath(cfg.workdir)
+        for k in ("data_dir", "dataset_dir", "synthetic_dir"):
+            if cfg.data.get(k):
+                cfg.data[k] = os.path.abspath(cfg.data[k])
+        if "model" not in cfg.phase1:
+            cfg.phase1.model = "plain"
+    return cfg
+
+
 def run(cfg: ml_collections.ConfigDict) -> dict:
-    """Runs phase 1, phase 2 and the plain control; writes WORKDIR/results.json."""
+    """Runs phase 1, phase 2 and the plain control; writes WORKDIR/results.json.
+
+    Returns the results dict (``evaluations[phase][subset]`` with ``exact_match``,
+    ``macro`` and ``per_finding`` metrics; ``histories``; ``graft_check``; ``seconds``).
+    """
+    t0 = time.perf_counter()
+    cfg = resolve(cfg)
     workdir = pathlib.Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    _write_config(cfg, workdir)
     mesh = parallel.make_mesh()
     data = load_data(cfg.data, seed=cfg.seed)
     num_classes = data.taxonomy.num_findings
     (workdir / "taxonomy.json").write_text(json.dumps(data.taxonomy.to_dict()))
+    ebs = cfg.data.eval_batch_size
 
     plain_model = build_model(cfg, cross=False, num_classes=num_classes)
-    cross_model = build_model(cfg, cross=True, num_classes=num_classes)
+    cross_model = build_model(cfg, cross=True, num_classes=num_classes) if cfg.model.name.startswith("resnet") else None
+    plain_apply = logits_fn(plain_model)
+    cross_apply = logits_fn(cross_model) if cross_model is not None else None
 
-    state1, hist1 = train_phase("phase1", cfg, data, plain_model, mesh=mesh)
-    # Graft: the cross model with the phase-1 weights; its cross terms are zero, so
-    # it starts from exactly the phase-1 function.
-    template = state_lib.create_train_state(jax.random.key(cfg.seed), cross_model, optim.make_optimizer(
-        _optimizer_config(cfg.phase2, 1)), (1, data.size, data.size, 1))
-    grafted = resnet.graft_plain_into_cross(
-        {"params": state1.params, "batch_stats": state1.batch_stats},
-        {"params": template.params, "batch_stats": template.batch_stats})
-    state2, hist2 = train_phase("phase2", cfg, data, cross_model, init_variables=grafted, mesh=mesh)
+    def model_of(name):
+        return (cross_model, cross_apply) if phase_is_cross(cfg, name) else (plain_model, plain_apply)
 
-    results = {"workdir": str(workdir), "histories": {"phase1": hist1, "phase2": hist2}, "evaluations": {}}
-    ebs = cfg.data.eval_batch_size
-    results["evaluations"]["phase1"] = evaluate(plain_model, state1, data, batch_size=ebs, mesh=mesh,
-                                                figure_path=workdir / "confusion_phase1.png")
-    results["evaluations"]["phase2"] = evaluate(cross_model, state2, data, batch_size=ebs, mesh=mesh,
-                                                figure_path=workdir / "confusion_phase2.png")
+    results = {"workdir": str(workdir), "histories": {}, "evaluations": {}, "best_epochs": {},
+               "train_seconds": {}}
+
+    def record(name, state, history, info, model, apply):
+        results["histories"][name] = history
+        results["best_epochs"][name] = info.get("best_epoch")
+        results["train_seconds"][name] = info.get("seconds")
+        results["evaluations"][name] = evaluate(
+            model, variables_of(state), data, batch_size=ebs, mesh=mesh, apply=apply,
+            figure_path=workdir / f"confusion_{name}.png", title=f"{name}: test finding sets")
+
+    if phase_enabled(cfg, "phase1"):
+        model1, apply1 = model_of("phase1")
+        # Phase 1 -- evaluated before phase 2, whose steps donate their input buffers.
+        state1, hist1, info1 = train_phase("phase1", cfg, data, model1, mesh=mesh)
+        record("phase1", state1, hist1, info1, model1, apply1)
+
+    if phase_enabled(cfg, "phase2"):
+        model2, apply2 = model_of("phase2")
+        # Graft: the cross model with the phase-1 weights (cross terms zero) computes
+        # the phase-1 function; checked on real weights before phase 2 starts.
+        phase1_vars = variables_of(state1)
+        if model2 is model1:  # same architecture: phase 2 continues phase 1's weights
+            start_vars = jax.tree.map(jnp.array, phase1_vars)
+        else:
+            start_vars = graft(phase1_vars, model2, size=data.size, key=init_key(cfg.seed, len(PHASES)))
+        results["graft_check"] = _graft_check(apply1, apply2, phase1_vars, start_vars, data, ebs, mesh)
+        results["graft_check"]["phase1_model"] = "cross" if phase_is_cross(cfg, "phase1") else "plain"
+        del state1, phase1_vars
+
+        state2, hist2, info2 = train_phase("phase2", cfg, data, model2, initial_variables=start_vars,
+                                           mesh=mesh)
+        record("phase2", state2, hist2, info2, model2, apply2)
+        del state2, start_vars
+        report.plot_curves({"phase1": hist1, "phase2": hist2}, workdir / "curves.png")
+
     if cfg.plain.enabled:
-        state_p, hist_p = train_phase("plain", cfg, data, plain_model, mesh=mesh)
-        results["histories"]["plain"] = hist_p
-        results["evaluations"]["plain"] = evaluate(plain_model, state_p, data, batch_size=ebs, mesh=mesh,
-                                                   figure_path=workdir / "confusion_plain.png")
-    report.plot_curves({"phase1": hist1, "phase2": hist2}, workdir / "curves.png")
-    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
+        model_p, apply_p = model_of("plain")
+        state_p, hist_p, info_p = train_phase("plain", cfg, data, model_p, mesh=mesh)
+        record("plain", state_p, hist_p, info_p, model_p, apply_p)
+    results["seconds"] = time.perf_counter() - t0
+    tmp = workdir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=_json_default))
+    os.replace(tmp, workdir / "results.json")
     return results
 
 
@@ -224,9 +464,9 @@ def summary_table(results: dict) -> str:
     for phase, ev in results.get("evaluations", {}).items():
         row = {"model": phase}
         for subset in ("single", "cross", "all"):
-            sub = ev.get(subset, {})
-            row[f"exact match ({subset})"] = sub.get("exact_match", float("nan"))
-            row[f"macro F1 ({subset})"] = sub.get("macro", {}).get("f1", float("nan"))
+            row[f"exact match ({subset})"] = ev.get(subset, {}).get("exact_match", float("nan"))
+        for subset in ("single", "cross", "all"):
+            row[f"macro F1 ({subset})"] = ev.get(subset, {}).get("macro", {}).get("f1", float("nan"))
         rows.append(row)
     if not rows:
         return "(no evaluations)"
@@ -234,37 +474,47 @@ def summary_table(results: dict) -> str:
 
 
 # ----------------------------------------------------------------------------- runs on disk
-def _load_run(run_dir, which: str):
+def load_run(run_dir, which: str = "phase2"):
+    """``(cfg, taxonomy, model, variables)`` of a phase's best checkpoint in a run directory."""
     run = pathlib.Path(run_dir)
     if not (run / "config.json").exists():
-        raise FileNotFoundError(f"{run} is not a run directory (no config.json): run `jaxthyroid train` first")
+        raise FileNotFoundError(f"{run} is not a run directory (no config.json): "
+                                "run `jaxthyroid train` first")
     if which not in PHASES:
-        raise ValueError(f"--which must be one of {', '.join(PHASES)}, not {which!r}")
+        raise ConfigError(f"--which must be one of {', '.join(PHASES)}, not {which!r}")
+    if not (run / which / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run} has no {which} checkpoints: that phase has not run "
+                                "(rerun `jaxthyroid train` with this workdir)")
     cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
     taxonomy = findings_lib.Taxonomy.from_dict(json.loads((run / "taxonomy.json").read_text()))
-    model = build_model(cfg, cross=(which == "phase2"), num_classes=taxonomy.num_findings)
-    tx = optim.make_optimizer(_optimizer_config(cfg[which], 1))
-    template = state_lib.create_train_state(jax.random.key(0), model, tx, (1, cfg.data.size, cfg.data.size, 1))
-    state = loop.restore_state(run / which, template, which="best")
-    return cfg, taxonomy, model, state
+    model = build_model(cfg, cross=phase_is_cross(cfg, which), num_classes=taxonomy.num_findings)
+    template = abstract_state(model, make_tx(cfg, which, 1, for_restore=True), cfg.data.size)
+    try:
+        state = loop.restore_state(run / which, template, which="best")
+    except CheckpointError as e:  # its message lists the differences on several lines
+        raise CheckpointError(" ".join(line.strip() for line in str(e).splitlines())) from None
+    return cfg, taxonomy, model, variables_of(state)
 
 
 def evaluate_run(run_dir, *, which: str = "phase2") -> dict:
-    cfg, _, model, state = _load_run(run_dir, which)
+    """Test-split metrics of one phase of a finished run (as in results.json)."""
+    cfg, _, model, variables = load_run(run_dir, which)
     data = load_data(cfg.data, seed=cfg.seed)
-    return evaluate(model, state, data, batch_size=cfg.data.eval_batch_size)
+    return evaluate(model, variables, data, batch_size=cfg.data.eval_batch_size)
 
 
 def predict_files(run_dir, paths, *, which: str = "phase2") -> list[dict]:
-    """Findings and probabilities for image files (PNG/TIFF/JPEG/DICOM)."""
+    """Findings and probabilities for image files (PNG/TIFF/JPEG 8/16 bit, DICOM)."""
     from jaxthyroid.data import images, transforms
 
-    cfg, taxonomy, model, state = _load_run(run_dir, which)
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p}: no such image file")
+    cfg, taxonomy, model, variables = load_run(run_dir, which)
     size = cfg.data.size
-    batch = np.stack([images.load_image(p, size=size) for p in paths])  # [N, H, W, 1] raw counts
-    x = transforms.normalize_counts(jnp.asarray(batch, jnp.float32))
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
-    probs = np.asarray(jax.nn.sigmoid(logits.astype(jnp.float32)))
+    counts = np.stack([images.load_image(p, size) for p in paths])  # uint16 [N, H, W, 1] raw counts
+    x = transforms.normalize_counts(counts.astype(np.float32))
+    probs = np.asarray(jax.nn.sigmoid(logits_fn(model)(variables, jnp.asarray(x))))
     pred = findings_lib.predict(probs)
     return [{"file": str(p), "findings": list(taxonomy.decode(m)),
              "probabilities": {f: float(v) for f, v in zip(taxonomy.findings, pr)}}

@@ -149,3 +149,65 @@ def confusion_matrix(pred_set_ids: np.ndarray, true_set_ids: np.ndarray,
 def confusion_labels(taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT) -> list[str]:
   """Row/column names of :func:`confusion_matrix`: folder names, then ``other``."""
   return [taxonomy.folder_name(s) for s in taxonomy.finding_sets] + ["other"]
+
+
+# ----------------------------------------------------------------------------- image quality
+def psnr(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> np.ndarray:
+  """PSNR in dB per image of ``a`` against ``b`` (``[N, H, W, C]`` or ``[H, W, C]``).
+
+  ``10 log10(max_val² / MSE)`` (dm-pix, which assumes a range of 1: the images are
+  divided by ``max_val`` first). Identical images give +inf.
+  """
+  import dm_pix
+  import jax.numpy as jnp
+
+  a = jnp.asarray(a, jnp.float32) / max_val
+  b = jnp.asarray(b, jnp.float32) / max_val
+  with np.errstate(divide="ignore"):
+    return np.asarray(dm_pix.psnr(a, b), np.float64)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, *, max_val: float = 1.0) -> np.ndarray:
+  """SSIM per image (Wang et al. 2004; dm-pix: 11×11 Gaussian window, σ 1.5,
+  k1 0.01, k2 0.03) of ``[N, H, W, C]`` (or ``[H, W, C]``) images with range ``max_val``.
+  Sides must be at least 11 pixels (the window is applied without padding)."""
+  import dm_pix
+  import jax.numpy as jnp
+
+  a = jnp.asarray(a, jnp.float32)
+  b = jnp.asarray(b, jnp.float32)
+  if min(a.shape[-3], a.shape[-2]) < 11:
+    raise ValueError(f"ssim needs images of at least 11×11 pixels, got {a.shape[-3]}×{a.shape[-2]}")
+  return np.asarray(dm_pix.ssim(a, b, max_val=max_val), np.float64)
+
+
+def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
+  """Fréchet distance between Gaussians fitted to two feature sets ``[N, D]``, ``[M, D]``
+  (the FID formula, Heusel et al. 2017, in whatever feature space is given):
+
+      d² = |μ_a - μ_b|² + tr(Σ_a + Σ_b - 2 (Σ_a Σ_b)^½)
+
+  ``tr((Σ_a Σ_b)^½)`` is computed as the sum of the square roots of the eigenvalues
+  of the symmetric ``Σ_a^½ Σ_b Σ_a^½`` (same spectrum, no complex round-off).
+  Returns ``d²`` (as FID does), ≥ 0. Sample covariances are biased upwards for
+  small N: compare distances computed from similar numbers of images.
+  """
+  a = np.asarray(features_a, np.float64)
+  b = np.asarray(features_b, np.float64)
+  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+    raise ValueError(f"features must be [N, D] and [M, D] with equal D, got {a.shape} and {b.shape}")
+  if len(a) < 2 or len(b) < 2:
+    raise ValueError(f"need at least 2 feature vectors per set, got {len(a)} and {len(b)}")
+  mu_a, mu_b = a.mean(0), b.mean(0)
+  cov_a = np.atleast_2d(np.cov(a, rowvar=False))
+  cov_b = np.atleast_2d(np.cov(b, rowvar=False))
+
+  def sym_sqrt(m):
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+  root_a = sym_sqrt(cov_a)
+  middle = root_a @ cov_b @ root_a
+  tr_sqrt = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None))))
+  d2 = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_sqrt)
+  return max(d2, 0.0)

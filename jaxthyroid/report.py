@@ -165,3 +165,43 @@ def contact_sheet(images_by_set: Mapping[str, Sequence[np.ndarray]], path: str |
     path.write_bytes(small.getvalue())
   finally:
     plt.close(fig)
+
+
+def sr_comparison(rows: Sequence[Mapping[str, np.ndarray]], path: str | pathlib.Path, *,
+                  cmap: str = "gray_r", title: str | None = None) -> None:
+  """Super-resolution side by side: one row per test image, one column per method.
+
+  ``rows``: per image, an ordered mapping from a column name (``"LR"``, ``"bicubic"``,
+  ``"SRResNet"``, ``"SRGAN"``, ``"HR"``…) to an image ``[H, W]`` or ``[H, W, 1]`` in
+  [0, 1] (an LR image is shown at its own size, stretched to the cell). Every image
+  uses the same [0, 1] window, so intensities are comparable across a row; black =
+  high counts, as in :func:`contact_sheet`. Optional per-cell captions: a key
+  ``"<column>:caption"`` holding a string (e.g. the PSNR) is written under that cell.
+  """
+  plt = _pyplot()
+  if not rows:
+    raise ValueError("sr_comparison: no rows given")
+  columns = [k for k in rows[0] if not k.endswith(":caption")]
+  cell = 1.5
+  fig, axes = plt.subplots(len(rows), len(columns), figsize=(len(columns) * cell, len(rows) * cell + 0.3),
+                           squeeze=False)
+  for r, row in enumerate(rows):
+    for c, name in enumerate(columns):
+      ax = axes[r, c]
+      img = np.asarray(row[name], np.float32)
+      img = img[..., 0] if img.ndim == 3 else img
+      ax.imshow(np.clip(img, 0.0, 1.0), cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+      ax.set_xticks([])
+      ax.set_yticks([])
+      caption = row.get(f"{name}:caption")
+      if caption:
+        ax.set_xlabel(caption, fontsize=7)
+      if r == 0:
+        ax.set_title(f"{name}\n{img.shape[0]}×{img.shape[1]}", fontsize=8)
+  if title:
+    fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=100)
+  plt.close(fig)

@@ -181,3 +181,14 @@ def test_affine_warp_identity_and_device_agreement():
 
 def test_no_tensorflow_imported():
     assert "tensorflow" not in sys.modules
+
+
+def test_per_set_subset_caps_each_finding_set():
+    from jaxthyroid.data import sources
+
+    records = [{"finding_set": s, "subset": int(s >= 6)} for s in [0] * 5 + [1] * 2 + [7] * 4]
+    sub = sources.per_set_subset(records, 3, seed=1)
+    ids = [sub[i]["finding_set"] for i in range(len(sub))]
+    assert sorted(ids) == [0, 0, 0, 1, 1, 7, 7, 7]
+    assert list(sub.indices) == sorted(sub.indices)
+    assert list(sources.per_set_subset(records, 3, seed=1).indices) == list(sub.indices)

@@ -69,6 +69,18 @@ def single_feature(source) -> IndexedSource:
     return IndexedSource(source, keep, description="single_feature")
 
 
+def per_set_subset(source, per_set: int, *, seed: int = 0) -> IndexedSource:
+    """At most ``per_set`` records of each finding set, drawn by a seeded permutation:
+    the data-scarcity study's smaller real training sets (original order kept)."""
+    set_ids = np.asarray([int(source[i]["finding_set"]) for i in range(len(source))])
+    rng = np.random.default_rng(seed)
+    keep = []
+    for s in np.unique(set_ids):
+        members = np.flatnonzero(set_ids == s)
+        keep.extend(rng.permutation(members)[:per_set].tolist())
+    return IndexedSource(source, sorted(keep), description=f"per_set={per_set},seed={seed}")
+
+
 def mix_sources(real, synthetic, synthetic_ratio: float, *, seed: int = 0) -> ConcatSource:
     """Real records plus ``round(synthetic_ratio * len(real))`` synthetic ones.
 

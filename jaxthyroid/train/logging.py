@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -37,6 +38,23 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch whenever it is installed (7+ s on 2 CPU cores) only to
+  accept torch tensors; we log Python floats, so torch is hidden while it loads.
+  """
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter
+
+
 class MetricsLogger:
   """Appends events to ``metrics.jsonl`` and TensorBoard scalars under ``<workdir>/tb``."""
 
@@ -50,7 +68,7 @@ class MetricsLogger:
       self.workdir.mkdir(parents=True, exist_ok=True)
       if tensorboard:
         try:  # imported here: only process 0 needs it, and some machines lack it
-          from tensorboardX import SummaryWriter
+          SummaryWriter = _summary_writer_class()
         except ImportError:
           log.warning("tensorboardX is not installed: no TensorBoard events (metrics.jsonl only)")
         else:

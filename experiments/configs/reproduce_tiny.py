@@ -1,0 +1,38 @@
+r"""The whole pipeline at toy size: a smoke test of every stage (used by the tests).
+
+Command:
+  jaxthyroid reproduce --preset tiny --out /tmp/tiny
+
+Runs in about 2 minutes on a 2-core CPU. Its numbers mean nothing: a few dozen 64²
+images, one epoch of a tiny ResNet. Use `quick` or `paper` for results.
+"""
+
+import importlib.util
+import pathlib
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config():
+    c = _load("reproduce_quick").get_config()
+    c.preset = "tiny"
+    cl = c.classifier
+    cl.data.n_train, cl.data.n_val, cl.data.n_test = 48, 24, 24
+    cl.data.batch_size, cl.data.eval_batch_size = 8, 24
+    cl.data.augment = False
+    cl.model.name = "resnet_tiny"
+    cl.model.num_filters = 0
+    cl.phase1.epochs, cl.phase2.epochs, cl.plain.epochs = 1, 1, 1
+    cl.phase1.warmup_steps = cl.phase2.warmup_steps = cl.plain.warmup_steps = 0
+    c.gan.dcgan.update(dict(image_size=32, nz=8, ngf=4, ndf=4, epochs=1, batch_size=8))
+    c.gan.srgan.update(dict(num_blocks=1, features=8, pretrain_epochs=1, gan_epochs=1, batch_size=8))
+    c.synthetic.per_set = 2
+    c.baselines = ["vgg_tiny"]
+    c.scarcity.per_set = [2]
+    c.scarcity.epochs = 1
+    return c

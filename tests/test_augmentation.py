@@ -1,0 +1,176 @@
+"""GAN augmentation: DCGAN/SRGAN training with resume, generation, the synthetic set,
+image-quality and Fréchet helpers. Tiny models on 32 in-memory records."""
+
+import json
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxthyroid import augmentation, findings, metrics
+from jaxthyroid.data import features
+from jaxthyroid.models import resnet
+
+TAX = findings.DEFAULT
+SOURCE_SIZE = 32
+PER_SET = 2
+
+
+def records(n=32, seed=0):
+    """Blob 'glands' whose brightness and width depend on the finding set: raw counts."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:SOURCE_SIZE, :SOURCE_SIZE]
+    out = []
+    for i in range(n):
+        s = i % TAX.num_sets
+        width = 3.0 + s / 2.0
+        blob = np.exp(-((yy - 16) ** 2 + (xx - 12 - s % 3) ** 2) / (2 * width**2))
+        counts = rng.poisson(5.0 + 200.0 * blob * (1 + s / 6.0))[..., None].astype(np.uint16)
+        out.append(features.make_record(counts, s, TAX, origin=f"test/{i}"))
+    return out
+
+
+def gan_cfg():
+    c = ml_collections.ConfigDict()
+    c.dcgan = ml_collections.ConfigDict(dict(image_size=16, nz=8, ngf=8, ndf=8, epochs=2, batch_size=8,
+                                             learning_rate=2e-4))
+    c.srgan = ml_collections.ConfigDict(dict(
+        scale=2, num_blocks=2, features=16, pretrain_epochs=1, gan_epochs=1, batch_size=8, learning_rate=1e-4,
+        # mse content and one device keep the SRGAN step's compilation short; the
+        # feature-matching loss and the sharded step are tested in test_gan_steps.py.
+        adversarial_weight=1e-3, content_loss="mse", eval_images=8, data_parallel=False,
+        d_features=8, d_dense_features=16, d_pool_size=2))
+    return c
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gan")
+    train, test = records(32, 0), records(12, 1)
+    cfg = gan_cfg()
+    dcgan_summary = augmentation.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
+    srgan_summary = augmentation.train_srgan(cfg.srgan, train, test, root / "srgan", seed=0, hr_size=32)
+    return root, cfg, train, test, dcgan_summary, srgan_summary
+
+
+def test_train_dcgan_writes_checkpoints_logs_and_samples(trained):
+    root, cfg, *_ , summary, _ = trained
+    d = root / "dcgan"
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * (32 // 8)
+    assert np.isfinite(summary["final_d_loss"]) and np.isfinite(summary["final_g_loss"])
+    assert (d / "checkpoints" / "latest" / str(summary["steps"])).is_dir()
+    events = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in events] == [1, 2]
+    assert (d / "samples_epoch2.png").stat().st_size > 1000
+
+
+def test_finished_dcgan_returns_at_once_and_resume_restores(trained):
+    root, cfg, train, *_ = trained
+    summary = json.loads((root / "dcgan" / "done.json").read_text())
+    t = time.perf_counter()
+    again = augmentation.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
+    assert again == summary and time.perf_counter() - t < 2.0
+    # Without the done marker a rerun resumes from the last checkpoint (epoch 2 of 2: no step left).
+    (root / "dcgan" / "done.json").rename(root / "dcgan" / "done.bak")
+    try:
+        resumed = augmentation.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
+        assert resumed["resumed_from_epoch"] == 2 and resumed["steps"] == summary["steps"]
+        events = [json.loads(line) for line in (root / "dcgan" / "metrics.jsonl").read_text().splitlines()]
+        assert len(events) == 2  # nothing re-logged
+    finally:
+        (root / "dcgan" / "done.bak").replace(root / "dcgan" / "done.json")
+    # Another config in the same workdir is refused.
+    other = ml_collections.ConfigDict(cfg.dcgan.to_dict())
+    other.ngf = 16
+    (root / "dcgan" / "done.json").rename(root / "dcgan" / "done.bak")
+    try:
+        with pytest.raises(ValueError, match="another config"):
+            augmentation.train_dcgan(other, train, root / "dcgan", seed=0)
+    finally:
+        (root / "dcgan" / "done.bak").replace(root / "dcgan" / "done.json")
+
+
+def test_train_srgan_scores_and_figure(trained):
+    root, *_, summary = trained
+    for measure in ("psnr", "ssim"):
+        assert set(summary[measure]) == {"bicubic", "srresnet", "srgan"}
+        assert all(np.isfinite(v) for v in summary[measure].values())
+    assert 5.0 < summary["psnr"]["bicubic"] < 60.0 and 0.0 < summary["ssim"]["bicubic"] <= 1.0
+    assert summary["eval_images"] == 8 and summary["lr_size"] == 16
+    assert (root / "srgan" / "sr_comparison.png").stat().st_size > 1000
+    assert (root / "srgan" / "pretrain" / "checkpoints" / "latest").is_dir()
+    assert (root / "srgan" / "gan" / "checkpoints" / "latest").is_dir()
+    t = time.perf_counter()
+    assert augmentation.train_srgan(gan_cfg().srgan, [], [], root / "srgan", seed=0, hr_size=32) == summary
+    assert time.perf_counter() - t < 2.0
+
+
+def test_generate_shapes_ids_range(trained, tmp_path):
+    root, cfg, *_ = trained
+    images, ids = augmentation.generate(root / "dcgan", root / "srgan", cfg, per_set=PER_SET, seed=3,
+                                        samples_path=tmp_path / "samples.png")
+    n = TAX.num_sets * PER_SET
+    assert images.shape == (n, 32, 32, 1) and images.dtype == np.float32
+    assert ids.dtype == np.int32 and np.array_equal(ids, np.repeat(np.arange(TAX.num_sets), PER_SET))
+    assert images.min() >= 0.0 and images.max() <= 1.0 and images.std() > 0
+    assert (tmp_path / "samples.png").stat().st_size > 1000
+    # Same seed, same images; the saved configs stand in for gan_cfg.
+    again, _ = augmentation.generate(root / "dcgan", root / "srgan", None, per_set=PER_SET, seed=3)
+    np.testing.assert_allclose(again, images, atol=1e-6)
+
+
+def test_augment_labels_round_trip(trained, tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from jaxthyroid.data import synthetic_builder
+
+    root, cfg, *_ = trained
+    path = augmentation.augment(root / "dcgan", root / "srgan", cfg, per_set=PER_SET, data_dir=tmp_path,
+                                name="test_aug", seed=0)
+    src = synthetic_builder.synthetic_source(path)
+    expected = np.repeat(np.arange(TAX.num_sets), PER_SET)
+    assert len(src) == len(expected)
+    got = np.array([int(src[i]["finding_set"]) for i in range(len(src))])
+    assert np.array_equal(got, expected)
+    for i in (0, len(src) - 1):
+        r = src[i]
+        assert np.array_equal(r["findings"], TAX.set_table[expected[i]]) and int(r["synthetic"]) == 1
+        assert r["image"].shape == (32, 32, 1)
+
+
+def test_psnr_ssim_hand_computed():
+    a = np.zeros((1, 16, 16, 1), np.float32)
+    b = np.full((1, 16, 16, 1), 0.1, np.float32)
+    np.testing.assert_allclose(metrics.psnr(a, b), [20.0], atol=1e-4)  # MSE 0.01
+    np.testing.assert_allclose(metrics.psnr(a * 2, b * 2, max_val=2.0), [20.0], atol=1e-4)
+    x = np.random.default_rng(0).uniform(size=(2, 16, 16, 1)).astype(np.float32)
+    np.testing.assert_allclose(metrics.ssim(x, x), [1.0, 1.0], atol=1e-5)
+    # Flat images: only the luminance term is left, (2 μa μb + C1) / (μa² + μb² + C1), C1 = 0.01².
+    c1 = 0.01**2
+    expected = (2 * 0.2 * 0.4 + c1) / (0.2**2 + 0.4**2 + c1)
+    np.testing.assert_allclose(metrics.ssim(np.full_like(a, 0.2), np.full_like(a, 0.4)), [expected], atol=1e-5)
+
+
+def test_frechet_distance():
+    x = np.random.default_rng(0).normal(size=(400, 4))
+    assert metrics.frechet_distance(x, x) < 1e-6
+    np.testing.assert_allclose(metrics.frechet_distance(x, x + 1.0), 4.0, atol=1e-6)  # |Δμ|², equal covariances
+    assert metrics.frechet_distance(x, 2.0 * x) > 0.5  # scale change: trace term
+    with pytest.raises(ValueError, match="equal D"):
+        metrics.frechet_distance(x, x[:, :3])
+
+
+def test_generation_quality_keys_and_floor(trained):
+    root, cfg, train, test, *_ = trained
+    model = resnet.ResNetTiny(num_classes=TAX.num_findings)
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32), train=False)
+    images, ids = augmentation.real_images(train, 32)  # "generated" = real train images: agreement is
+    q = augmentation.generation_quality(model, variables, images, ids, train, test, taxonomy=TAX)
+    assert q["feature_space"] == "head_input" and q["feature_dim"] == 16
+    assert 0.0 <= q["agreement"] <= 1.0 and set(q["agreement_per_set"]) <= {TAX.folder_name(s) for s in range(12)}
+    # Generated = real train (renormalised once more): its distance to test is the real-vs-real floor.
+    np.testing.assert_allclose(q["frechet_generated_vs_real"], q["frechet_real_vs_real"], rtol=0.1)
+    shifted = augmentation.generation_quality(model, variables, np.clip(images * 0.3, 0, 1) ** 3, ids, train, test,
+                                              taxonomy=TAX)
+    assert shifted["frechet_generated_vs_real"] > q["frechet_real_vs_real"]
