@@ -43,9 +43,11 @@ def get_config():
     c.gan = ml_collections.ConfigDict()
     c.gan.dcgan = ml_collections.ConfigDict(dict(
         image_size=32, nz=64, ngf=16, ndf=16, epochs=6, batch_size=32, learning_rate=2e-4))
+    # SRResNet and SRGAN at CPU size: 4 residual blocks, a narrow discriminator.
     c.gan.srgan = ml_collections.ConfigDict(dict(
-        scale=2, num_blocks=4, features=32, pretrain_epochs=4, gan_epochs=2, batch_size=16,
-        learning_rate=1e-4, adversarial_weight=1e-3, content_loss="feature_matching"))
+        scale=2, num_blocks=4, features=32, pretrain_epochs=4, gan_epochs=1, batch_size=16,
+        learning_rate=1e-4, pretrain_learning_rate=1e-3, adversarial_weight=1e-3,
+        content_loss="feature_matching", d_features=16, d_dense_features=256, d_pool_size=4))
 
     c.synthetic = ml_collections.ConfigDict(dict(per_set=40, ratio=0.5))
 
