@@ -418,7 +418,8 @@ def srgan_models(cfg):
     """``(SRResNet, SRDiscriminator)`` of an SRGAN config. Optional keys size the
     discriminator: ``d_features`` (64), ``d_dense_features`` (1024), ``d_pool_size``
     (None = the paper's flatten; an int average-pools to that grid first)."""
-    g = srgan.SRResNet(channels=1, scale=cfg.scale, num_blocks=cfg.num_blocks, features=cfg.features)
+    g = srgan.SRResNet(channels=1, scale=cfg.scale, num_blocks=cfg.num_blocks, features=cfg.features,
+                       bicubic_skip=cfg.get("bicubic_skip", False))
     d = srgan.SRDiscriminator(features=cfg.get("d_features", 64), dense_features=cfg.get("d_dense_features", 1024),
                               pool_size=cfg.get("d_pool_size", None))
     return g, d

@@ -142,3 +142,17 @@ def test_discriminator_features():
     variables = init(d, x, train=False)
     logits, features = jax.jit(lambda v: d.apply(v, x, train=False, return_features=True))(variables)
     assert logits.shape == (2,) and [f.shape[1] for f in features] == [16, 8, 4]
+
+
+def test_srresnet_bicubic_skip_starts_at_bicubic_with_the_same_parameters():
+    from jaxthyroid.models import srgan as srgan_lib
+
+    lr = jax.random.uniform(jax.random.key(1, impl="rbg"), (2, 8, 8, 1))
+    plain = srgan_lib.SRResNet(scale=2, num_blocks=1, features=8)
+    skip = srgan_lib.SRResNet(scale=2, num_blocks=1, features=8, bicubic_skip=True)
+    count = lambda m: sum(x.size for x in jax.tree.leaves(
+        jax.eval_shape(lambda: m.init(jax.random.key(0, impl="rbg"), lr, train=False))["params"]))
+    assert count(plain) == count(skip)
+    variables = jax.jit(lambda k: skip.init(k, lr, train=False))(jax.random.key(0, impl="rbg"))
+    out = skip.apply(variables, lr, train=False)
+    np.testing.assert_allclose(out, jax.image.resize(lr, (2, 16, 16, 1), "bicubic"), atol=1e-6)

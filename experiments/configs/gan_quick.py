@@ -41,7 +41,7 @@ def get_config():
         image_size=32, nz=64, ngf=16, ndf=16, epochs=30, batch_size=32, learning_rate=2e-4, sample_every=10))
     c.srgan = ml_collections.ConfigDict(dict(
         # The MSE pre-training at 1e-3: at Ledig's 1e-4 a CPU-sized run (~300 steps) stays below bicubic.
-        scale=2, num_blocks=4, features=32, pretrain_epochs=8, gan_epochs=2, batch_size=16, learning_rate=1e-4,
+        scale=2, num_blocks=4, features=32, bicubic_skip=True, pretrain_epochs=8, gan_epochs=2, batch_size=16, learning_rate=1e-4,
         pretrain_learning_rate=1e-3,
         adversarial_weight=1e-3, content_loss="feature_matching", eval_images=200,
         # A discriminator sized for the CPU: the paper's widths/4, pooled to 4×4 before its dense layers.

@@ -45,7 +45,7 @@ def get_config():
         image_size=32, nz=64, ngf=16, ndf=16, epochs=6, batch_size=32, learning_rate=2e-4))
     # SRResNet and SRGAN at CPU size: 4 residual blocks, a narrow discriminator.
     c.gan.srgan = ml_collections.ConfigDict(dict(
-        scale=2, num_blocks=4, features=32, pretrain_epochs=4, gan_epochs=1, batch_size=16,
+        scale=2, num_blocks=4, features=32, bicubic_skip=True, pretrain_epochs=4, gan_epochs=1, batch_size=16,
         learning_rate=1e-4, pretrain_learning_rate=1e-3, adversarial_weight=1e-3,
         content_loss="feature_matching", d_features=16, d_dense_features=256, d_pool_size=4))
 
