@@ -9,17 +9,13 @@ epochs on the cross-training set (100 in all, the paper's curves).
 Paper: validation accuracy 0.9633, loss 0.1187.
 """
 
-import importlib.util
 import pathlib
 
-_spec = importlib.util.spec_from_file_location(
-    "_quick", pathlib.Path(__file__).with_name("cross_training_quick.py"))
-_quick = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_quick)
+from jaxthyroid import config
 
 
 def get_config():
-    c = _quick.get_config()
+    c = config.load_config(str(pathlib.Path(__file__).with_name("cross_training_quick.py")))
     c.workdir = "runs/cross_training_paper"
     c.data.size = 128
     c.data.n_train, c.data.n_val, c.data.n_test = 2400, 600, 600

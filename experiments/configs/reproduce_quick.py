@@ -12,17 +12,15 @@ The numbers it produced on this machine are quoted in README.md; they are small-
 small-model numbers and not comparable to the paper's.
 """
 
-import importlib.util
 import pathlib
+
+from jaxthyroid import config
 
 import ml_collections
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config.load_config(str(pathlib.Path(__file__).with_name(f"{name}.py")))
 
 
 def get_config():
@@ -30,7 +28,7 @@ def get_config():
     c.preset = "quick"
 
     # The classifier runs: a cross-training config (see cross_training_quick.py).
-    cl = _load("cross_training_quick").get_config()
+    cl = _load("cross_training_quick")
     cl.data.size = 64
     cl.data.n_train, cl.data.n_val, cl.data.n_test = 600, 120, 360
     cl.data.batch_size = 32

@@ -7,19 +7,17 @@ Runs in about 2 minutes on a 2-core CPU. Its numbers mean nothing: a few dozen 6
 images, one epoch of a tiny ResNet. Use `quick` or `paper` for results.
 """
 
-import importlib.util
 import pathlib
+
+from jaxthyroid import config
 
 
 def _load(name):
-    spec = importlib.util.spec_from_file_location(f"_{name}", pathlib.Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config.load_config(str(pathlib.Path(__file__).with_name(f"{name}.py")))
 
 
 def get_config():
-    c = _load("reproduce_quick").get_config()
+    c = _load("reproduce_quick")
     c.preset = "tiny"
     cl = c.classifier
     cl.data.n_train, cl.data.n_val, cl.data.n_test = 48, 24, 24

@@ -1,0 +1,32 @@
+r"""The whole method end to end at the paper's scale (meant for an accelerator).
+
+Command:
+  jaxthyroid reproduce --preset paper [--seeds 3]
+
+128² phantom images (2,400 train / 600 val / 600 test, ~25 % cross-feature),
+ResNet-18 at full width, 60 + 40 epochs (the paper's 100), DCGAN at 64² (Radford
+sizes, nz=100, ngf=ndf=64) super-resolved ×2 by SRResNet/SRGAN (16 blocks, 64
+channels), VGG-16-BN, AlexNet and DenseNet-121 baselines, and the data-scarcity study
+at 25/50/100/200 real images per finding set.
+Paper: validation accuracy 0.9633, loss 0.1187, other metrics ≥ 93.8 %.
+"""
+
+import pathlib
+
+from jaxthyroid import config
+
+
+def get_config():
+    c = config.load_config(str(pathlib.Path(__file__).with_name("reproduce_quick.py")))
+    c.preset = "paper"
+    cl = config.load_config(str(pathlib.Path(__file__).with_name("cross_training_paper.py")))
+    cl.model.num_filters = 0            # full width
+    c.classifier = cl
+    c.gan.dcgan.update(dict(image_size=64, nz=100, ngf=64, ndf=64, epochs=50, batch_size=64))
+    c.gan.srgan.update(dict(num_blocks=16, features=64, pretrain_epochs=50, gan_epochs=20, batch_size=32,
+                            d_features=64, d_dense_features=1024, d_pool_size=6))
+    c.synthetic.per_set = 200
+    c.baselines = ["vgg16_bn", "alexnet", "densenet121"]
+    c.scarcity.per_set = [25, 50, 100, 200]
+    c.scarcity.epochs = 60
+    return c
