@@ -222,7 +222,8 @@ def _stage_scarcity(cfg, seed, synthetic_dir):
                 c = classifier_config(cfg, directory / f"n{n}_{arm.replace('+', '_')}", seed, **{
                     "data.train_per_set": int(n), "data.synthetic_dir": synthetic_dir if ratio else "",
                     "data.synthetic_ratio": ratio, "phase1.enabled": False, "phase2.enabled": False,
-                    "plain.enabled": True, "plain.epochs": cfg.scarcity.epochs})
+                    "plain.enabled": True, "plain.epochs": cfg.scarcity.epochs,
+                    "plain.warmup_steps": 0})  # a few dozen images: fewer steps than a warm-up
                 out[f"{n}/{arm}"] = _run_classifier(c)
         return out
     return stage
