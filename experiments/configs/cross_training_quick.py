@@ -12,12 +12,11 @@ the same total number of epochs is the control.
 
 Size: 960 train / 192 val / 384 test images (~25 % cross-feature); phase 1 5 epochs,
 phase 2 3 epochs, control 8 epochs (435 optimiser steps of 32 in all).
-Expected runtime: ~4 min on an idle 2-core CPU (data set build and compiles included;
-estimated from the ~24 GFLOP ResNet-18 step at 64²); reruns are faster with the
-persistent compilation cache. On a shared CPU it scales with the load: with the
-machine ~25x below its idle matmul speed (other jobs running), a ResNet-18 step took
-~13 s instead of ~0.1 s and phase 1 alone took ~33 min. A killed run resumes: rerun
-the same command (finished phases are skipped, the unfinished one continues).
+Expected runtime: estimated ~4 min on an idle 2-core CPU (~24 GFLOP per ResNet-18
+step at 64², compiles and data build included) -- not yet measured idle. Measured
+on the shared machine while other jobs held it ~25x below its idle matmul speed:
+77 min wall (3,270 s CPU). Reruns compile less (persistent compilation cache); a
+killed run resumes when the same command is rerun (finished phases are skipped).
 Expected result: the closing table printed at the end and results.json; the
 numbers measured on this machine are quoted in README.md.
 """
