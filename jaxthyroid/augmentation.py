@@ -163,19 +163,9 @@ def _to_unit(x):
 
 
 # ----------------------------------------------------------------------------- run bookkeeping
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, (np.ndarray, jax.Array)):
-        return np.asarray(x).tolist()
-    if isinstance(x, pathlib.Path):
-        return str(x)
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
-
-
 def _write_json(path: pathlib.Path, obj) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(obj, indent=2, default=report.json_default))
     os.replace(tmp, path)  # atomic: a half-written marker never says "done"
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import report
-from jaxthyroid.reproduce import PAPER, _json_default, mean_spread
+from jaxthyroid.reproduce import PAPER, mean_spread
 
 METRICS = ("exact_match", "recall", "precision", "specificity", "f1", "auc")
 
@@ -283,7 +283,7 @@ def write(out: pathlib.Path, cfg, per_seed: Sequence[dict], *, elapsed_s: float)
     markdown += ("\nTime per stage (all seeds, including earlier interrupted invocations' finished stages): "
                  + ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items())
                  + f"; total {sum(stage_seconds.values()):.0f} s.\n")
-    (out / "report.json").write_text(json.dumps(numbers, indent=2, default=_json_default))
+    (out / "report.json").write_text(json.dumps(numbers, indent=2, default=report.json_default))
     path = out / "report.md"
     path.write_text(markdown)
     return path

@@ -9,6 +9,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
+def json_default(x):
+  """``json.dumps(..., default=json_default)`` for results: numpy/JAX scalars and
+  arrays become numbers and lists, paths strings; anything else is an error."""
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  if isinstance(x, np.ndarray) or hasattr(x, "__array__"):
+    return np.asarray(x).tolist()
+  if isinstance(x, pathlib.Path):
+    return str(x)
+  raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
 def _pyplot():
   import matplotlib
   matplotlib.use("Agg")  # files only; no display on the training machines

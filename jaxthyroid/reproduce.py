@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from jaxthyroid import config as config_lib
+from jaxthyroid import report
 
 STAGES = ("data", "gan", "synthetic", "classifier", "ablations", "baselines", "scarcity")
 
@@ -65,20 +66,10 @@ class StageRunner:
         result = fn(directory)
         elapsed = time.perf_counter() - start
         tmp = marker.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"elapsed_s": elapsed, "result": result}, indent=2, default=_json_default))
+        tmp.write_text(json.dumps({"elapsed_s": elapsed, "result": result}, indent=2, default=report.json_default))
         os.replace(tmp, marker)  # atomic: a half-written result never marks a stage done
         print(f"{index} {self.label}{name}: done in {elapsed:.0f} s", flush=True)
         return result
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, pathlib.Path):
-        return str(x)
-    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
 # ----------------------------------------------------------------------------- configs
