@@ -25,7 +25,7 @@ import statistics
 import sys
 import time
 
-LEVERS = ('fast_maxpool', 'stem_im2col')
+LEVERS = ('fast_maxpool', 'stem_im2col', 'conv_im2col')
 
 
 def _parse(argv):

@@ -183,9 +183,37 @@ def test_im2col_stem_equals_conv():
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-def test_resnet_levers_change_nothing_but_speed():
+@pytest.mark.parametrize('kernel_size,strides,pad,bias', [
+    ((3, 3), (1, 1), ((1, 1), (1, 1)), False),
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), True),
+    ((1, 1), (2, 2), ((0, 0), (0, 0)), False),
+])
+def test_im2col_conv_equals_conv(kernel_size, strides, pad, bias):
+  """The ResNet body's convs (3×3, strided 3×3, strided 1×1 shortcut), with bias too."""
+  x = _normal((2, 6, 5, 8), 9)
+  kernel = 0.1 * _normal(kernel_size + (8, 12), 10)
+  params = {'kernel': kernel, **({'bias': _normal((12,), 11)} if bias else {})}
+  ref = nn.Conv(12, kernel_size, strides, padding=pad, use_bias=bias)
+  fast = layers.Im2colConv(12, kernel_size, strides, padding=pad, use_bias=bias)
+  assert jax.tree.map(jnp.shape, fast.init(KEY, x)['params']) == jax.tree.map(jnp.shape, params)
+  f_ref = lambda x, p: ref.apply({'params': p}, x)
+  f_fast = lambda x, p: fast.apply({'params': p}, x)
+  out_shape = jax.eval_shape(f_ref, x, params).shape
+  w = _normal(out_shape, 12)
+  y_ref, g_ref = _value_and_grads(f_ref, (x, params), w)
+  y, g = _value_and_grads(f_fast, (x, params), w)
+  np.testing.assert_allclose(y, y_ref, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+@pytest.mark.parametrize('source', [None, 'adapter', 'image'])
+def test_resnet_levers_change_nothing_but_speed(source):
   x = _images(2)
-  fast, ref = _tiny(False), _tiny(False, fast_maxpool=False, stem_im2col=False)
+  cross = dict(cross=source is not None, source=source or 'adapter')
+  fast = _tiny(**cross)
+  ref = _tiny(**cross, fast_maxpool=False, stem_im2col=False, conv_im2col=False)
+  assert fast.fast_maxpool and fast.stem_im2col and fast.conv_im2col  # the defaults
   variables = _random_variables(ref, x)
   assert jax.tree.structure(_shapes(fast, x)) == jax.tree.structure(variables)
 
@@ -234,3 +262,19 @@ def test_dropout_only_in_training():
   a, b, det = logits(jax.random.key(1), jax.random.key(2))
   assert not np.allclose(a, b)
   np.testing.assert_array_equal(det, jax.jit(lambda: model.apply(variables, x, train=False))())
+
+
+@pytest.mark.parametrize('name', ['vgg_tiny', 'densenet_tiny', 'alexnet'])
+def test_baseline_im2col_convs_change_nothing(name):
+  size = 64 if name == 'alexnet' else 16
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, size, size, 1)), jnp.float32)
+  fast = get_model(name, num_classes=6, in_channels=1)
+  ref = get_model(name, num_classes=6, in_channels=1, conv_im2col=False)
+  assert fast.conv_im2col
+  variables = jax.jit(lambda k: ref.init({'params': k, 'dropout': k}, x, train=False))(RBG_KEY)
+  assert (jax.tree.structure(jax.eval_shape(
+      lambda: fast.init({'params': KEY, 'dropout': KEY}, x, train=False)))
+      == jax.tree.structure(variables))
+  y_ref = jax.jit(lambda v: ref.apply(v, x, train=False))(variables)
+  y = jax.jit(lambda v: fast.apply(v, x, train=False))(variables)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5)

@@ -35,6 +35,10 @@ VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
              512, 512, 512, 'M')
 
 
+def _conv_cls(im2col: bool):
+  return layers.Im2colConv if im2col else nn.Conv
+
+
 class VGG(nn.Module):
   """VGG with BatchNorm: conv3×3+BN+ReLU stacks, 2×2 max-pools, adaptive pool, 3 dense."""
   num_classes: int
@@ -47,6 +51,9 @@ class VGG(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   fast_maxpool: bool = True
+  # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
+  # conv shapes far below its matmul rate (see layers.py).
+  conv_im2col: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -57,8 +64,9 @@ class VGG(nn.Module):
         x = layers.max_pool(x, 2, 2, ((0, 0), (0, 0)), fast=self.fast_maxpool)
         continue
       conv_index += 1
-      x = nn.Conv(int(item), (3, 3), padding=((1, 1), (1, 1)), kernel_init=conv_kernel_init,
-                  name=f'conv{conv_index}', **common)(x)
+      x = _conv_cls(self.conv_im2col)(int(item), (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
+                                      kernel_init=conv_kernel_init, name=f'conv{conv_index}',
+                                      **common)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
                        epsilon=self.bn_epsilon, name=f'bn{conv_index}', **common)(x)
       x = nn.relu(x)
@@ -88,11 +96,14 @@ class AlexNet(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   fast_maxpool: bool = True
+  # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
+  # conv shapes far below its matmul rate (see layers.py).
+  conv_im2col: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = partial(nn.Conv, kernel_init=conv_kernel_init, dtype=self.dtype,
-                   param_dtype=self.param_dtype)
+    conv = partial(_conv_cls(self.conv_im2col), use_bias=True, kernel_init=conv_kernel_init,
+                   dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.relu(conv(64, (11, 11), (4, 4), padding=((2, 2), (2, 2)), name='conv1')(x))
     x = _alexnet_pool(x, self.fast_maxpool)
     x = nn.relu(conv(192, (5, 5), padding=((2, 2), (2, 2)), name='conv2')(x))
@@ -123,11 +134,15 @@ class DenseNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
   fast_maxpool: bool = True
+  # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
+  # conv shapes far below its matmul rate (see layers.py).
+  conv_im2col: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = partial(nn.Conv, use_bias=False, kernel_init=conv_kernel_init, **common)
+    conv = partial(_conv_cls(self.conv_im2col), use_bias=False, kernel_init=conv_kernel_init,
+                   **common)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                    epsilon=self.bn_epsilon, **common)
     x = conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name='conv0')(x)

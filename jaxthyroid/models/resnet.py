@@ -125,11 +125,12 @@ class CrossAdapter(nn.Module):
   act: Callable = nn.relu
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  im2col: bool = False  # convs as layers.Im2colConv (same parameters)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     hidden = max(self.features // self.reduction, 8)
-    conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+    conv = partial(layers.Im2colConv if self.im2col else nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=conv_kernel_init)
     h = self.act(conv(hidden, (1, 1), name='reduce')(x))
     h = self.act(conv(hidden, (3, 3), self.strides, padding=((1, 1), (1, 1)),
@@ -149,11 +150,12 @@ class ImageCrossTerm(nn.Module):
   act: Callable = nn.relu
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  im2col: bool = False  # convs as layers.Im2colConv (same parameters)
 
   @nn.compact
   def __call__(self, image: jax.Array, height: int, width: int) -> jax.Array:
     hidden = max(self.features // self.reduction, 8)
-    conv = partial(nn.Conv, dtype=self.dtype, param_dtype=self.param_dtype,
+    conv = partial(layers.Im2colConv if self.im2col else nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=conv_kernel_init)
     image = layers.resize_to(image.astype(self.dtype), height, width)
     h = self.act(conv(hidden, (3, 3), padding=((1, 1), (1, 1)), name='embed')(image))
@@ -165,7 +167,8 @@ def _cross_term(block: BasicBlock, x: jax.Array, image: jax.Array | None,
                 like: jax.Array) -> jax.Array:
   """Builds and applies ``block``'s ``cross_term`` branch; output shaped like ``like``."""
   common = dict(features=like.shape[-1], reduction=block.cross_reduction, act=block.act,
-                dtype=like.dtype, param_dtype=block.cross_param_dtype, name=CROSS_TERM)
+                dtype=like.dtype, param_dtype=block.cross_param_dtype, im2col=block.cross_im2col,
+                name=CROSS_TERM)
   if block.cross_source == 'adapter':
     return CrossAdapter(strides=block.strides, **common)(x)
   if block.cross_source == 'image':
@@ -180,6 +183,7 @@ class CrossBasicBlock(BasicBlock):
   cross_source: str = 'adapter'
   cross_reduction: int = 4
   cross_param_dtype: Dtype = jnp.float32
+  cross_im2col: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, image: jax.Array | None = None) -> jax.Array:
@@ -192,6 +196,7 @@ class CrossBottleneckBlock(BottleneckBlock):
   cross_source: str = 'adapter'
   cross_reduction: int = 4
   cross_param_dtype: Dtype = jnp.float32
+  cross_im2col: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, image: jax.Array | None = None) -> jax.Array:
@@ -236,12 +241,18 @@ class ResNet(nn.Module):
   # as an im2col matmul it is faster on CPU (same parameter). Measured in
   # benchmarks/train_step.py.
   stem_im2col: bool = True
+  # Every other conv as an im2col matmul too: XLA:CPU runs some conv shapes far below
+  # its matmul rate (a 3×3 conv on ResNet-18's 2×2 last stage at 64²: ~50× slower
+  # forward+backward; the 32×32 first stage at 128²: ~3×). Same parameters and values
+  # (tests/test_layers.py); measured in benchmarks/train_step.py. Off for GPU/TPU
+  # runs, where cuDNN/XLA convolutions are the fast path.
+  conv_im2col: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     image = x
-    conv = partial(nn.Conv, use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
-                   kernel_init=conv_kernel_init)
+    conv = partial(layers.Im2colConv if self.conv_im2col else nn.Conv, use_bias=False,
+                   dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                    epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
                    axis_name=self.bn_axis_name)
@@ -257,7 +268,8 @@ class ResNet(nn.Module):
 
     block_cls = CROSS_BLOCKS.get(self.block_cls, self.block_cls) if self.cross else self.block_cls
     cross_fields = (dict(cross_source=self.cross_source, cross_reduction=self.cross_reduction,
-                         cross_param_dtype=self.param_dtype) if self.cross else {})
+                         cross_param_dtype=self.param_dtype,
+                         cross_im2col=self.conv_im2col) if self.cross else {})
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
