@@ -53,9 +53,10 @@ def test_srresnet_shapes_and_prelu_init():
     assert slopes and all(float(s) == 0.25 for s in slopes)
 
 
-def test_sub_pixel_conv_transpose_matches_conv_transpose():
+@pytest.mark.parametrize("im2col", [True, False])
+def test_sub_pixel_conv_transpose_matches_conv_transpose(im2col):
     x = jax.random.normal(key(0), (2, 5, 6, 3))
-    fast = SubPixelConvTranspose(4)
+    fast = SubPixelConvTranspose(4, im2col=im2col)
     # PyTorch ConvTranspose2d(k=4, s=2, p=1) as lax padding k-1-p = 2 on each side.
     reference = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False)
     params = init(fast, x)
@@ -156,3 +157,36 @@ def test_srresnet_bicubic_skip_starts_at_bicubic_with_the_same_parameters():
     variables = jax.jit(lambda k: skip.init(k, lr, train=False))(jax.random.key(0, impl="rbg"))
     out = skip.apply(variables, lr, train=False)
     np.testing.assert_allclose(out, jax.image.resize(lr, (2, 16, 16, 1), "bicubic"), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["generator", "discriminator", "srresnet", "sr_discriminator"])
+def test_im2col_convs_change_nothing(name):
+    """``conv_im2col`` (the default) gives the same parameters, outputs and gradients."""
+    z, img = jax.random.normal(key(0), (2, 16)), jax.random.normal(key(1), (2, 32, 32, 1))
+    model, x = {
+        "generator": (dcgan.TinyGenerator(num_classes=12), z),
+        "discriminator": (dcgan.TinyDiscriminator(num_classes=12), img),
+        "srresnet": (srgan.TinySRResNet(), img[:, :8, :8]),
+        "sr_discriminator": (srgan.TinySRDiscriminator(), img[:, :16, :16]),
+    }[name]
+    ids = jnp.array([0, 7])
+    extra = (ids,) if name in ("generator", "discriminator") else ()
+    reference = model.clone(conv_im2col=False)
+    assert model.conv_im2col
+    variables = init(reference, x, *extra, train=False)
+    assert (jax.tree.structure(jax.eval_shape(lambda: model.init(key(1), x, *extra, train=False)))
+            == jax.tree.structure(variables))
+
+    def loss(m, params):
+        out, _ = m.apply({**variables, "params": params}, x, *extra, train=True, mutable=["batch_stats"])
+        return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=out.dtype).reshape(out.shape)))
+
+    (l_fast, g_fast), (l_ref, g_ref) = jax.jit(lambda p: [jax.value_and_grad(lambda q, m=m: loss(m, q))(p)
+                                                          for m in (model, reference)])(variables["params"])
+    np.testing.assert_allclose(l_fast, l_ref, rtol=1e-5, atol=1e-5)
+    # float32 summation order differs, and batch-2 BatchNorm amplifies it; the biases of
+    # convs before a BatchNorm have a true gradient of 0 (pure rounding noise), so the
+    # tolerance is relative to the largest gradient of the model.
+    scale = max(float(jnp.max(jnp.abs(b))) for b in jax.tree.leaves(g_ref))
+    for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+        assert float(jnp.max(jnp.abs(a - b))) <= 2e-3 * scale

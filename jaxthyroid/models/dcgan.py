@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxthyroid import findings
+from jaxthyroid.models import layers
 from jaxthyroid.models.upsample import ProjectConvTranspose, SubPixelConvTranspose, dcgan_kernel_init
 
 Dtype = Any
@@ -82,6 +83,10 @@ class Generator(nn.Module):
     embed_dim: int = 50
     fast_upsample: bool = True
     sub_pixel_min_features: int = 16
+    # Convs as im2col matmuls (same parameters and values): XLA:CPU runs some conv
+    # shapes far below its matmul rate (models/layers.py). With it, every layer
+    # (the one-channel last one too) is a sub-pixel conv.
+    conv_im2col: bool = True
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -116,8 +121,9 @@ class Generator(nn.Module):
         for i in range(n):
             last = i == n - 1
             out = self.channels if last else features // 2 ** (i + 1)
-            if self.fast_upsample and out >= self.sub_pixel_min_features:
-                x = SubPixelConvTranspose(out, dtype=self.dtype, param_dtype=self.param_dtype, name=f"up{i}")(x)
+            if self.fast_upsample and (self.conv_im2col or out >= self.sub_pixel_min_features):
+                x = SubPixelConvTranspose(out, dtype=self.dtype, param_dtype=self.param_dtype,
+                                          im2col=self.conv_im2col, name=f"up{i}")(x)
             else:  # PyTorch ConvTranspose2d(k=4, s=2, p=1) == lax padding k-1-p = 2 each side
                 x = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False,
                                      kernel_init=dcgan_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -145,11 +151,12 @@ class Discriminator(nn.Module):
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv_im2col: bool = True  # convs as layers.Im2colConv (same parameters and values)
 
     @nn.compact
     def __call__(self, x: jax.Array, finding_set: jax.Array | None = None, *, train: bool,
                  return_features: bool = False):
-        conv = functools.partial(nn.Conv, kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
+        conv = functools.partial(layers.Conv if self.conv_im2col else nn.Conv, kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,
@@ -163,7 +170,7 @@ class Discriminator(nn.Module):
                 x = norm()(x)
             x = nn.leaky_relu(x, 0.2)
             features.append(x)
-        logit = conv(1, padding="VALID")(x).reshape(x.shape[0])
+        logit = conv(1, padding=((0, 0), (0, 0)))(x).reshape(x.shape[0])
         if self.num_classes:
             if finding_set is None:
                 raise ValueError("conditional Discriminator needs finding_set [batch] int ids")

@@ -164,3 +164,8 @@ def resize_to(image: jax.Array, height: int, width: int) -> jax.Array:
     return nn.avg_pool(image, (h // height, w // width), (h // height, w // width))
   return jax.image.resize(image, (image.shape[0], height, width, image.shape[3]),
                           method='linear', antialias=True)
+
+
+class Conv(Im2colConv):
+  """``Im2colConv`` auto-named like ``nn.Conv`` (``Conv_0``, ``Conv_1``, ...), so a module
+  whose convs are unnamed can swap one for the other and keep its parameter paths."""

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxthyroid.models import layers
 from jaxthyroid.models.upsample import PixelShuffle
 
 Dtype = Any
@@ -68,6 +69,9 @@ class SRResNet(nn.Module):
     # (False); on small data that model starts far below bicubic and, in our quick run,
     # stayed ~5 dB below it, so the pipeline's configs turn this on.
     bicubic_skip: bool = False
+    # The 3×3 convs as im2col matmuls (layers.Im2colConv, same parameters and values);
+    # the 9×9 ones stay nn.Conv (81× patches would not fit in memory).
+    conv_im2col: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -75,7 +79,15 @@ class SRResNet(nn.Module):
         n_up = int(round(math.log2(self.scale)))
         if 2**n_up != self.scale or n_up < 1:
             raise ValueError(f"SRResNet scale must be a power of two >= 2, got {self.scale}")
-        conv = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
+        conv9 = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
+        conv3 = (functools.partial(layers.Conv, padding=((1, 1), (1, 1)), use_bias=True,
+                                   kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+                                   param_dtype=self.param_dtype)
+                 if self.conv_im2col else conv9)
+
+        def conv(features, kernel_size, **kw):
+            return (conv3 if kernel_size == (3, 3) else conv9)(features, kernel_size, **kw)
+
         norm = _norm(train, self.axis_name, self.dtype, self.param_dtype)
         act = functools.partial(nn.PReLU, negative_slope_init=0.25, param_dtype=self.param_dtype)
 
@@ -121,6 +133,7 @@ class SRDiscriminator(nn.Module):
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    conv_im2col: bool = True  # convs as layers.Im2colConv (same parameters and values)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, return_features: bool = False):
@@ -130,8 +143,10 @@ class SRDiscriminator(nn.Module):
             width = self.features * 2 ** (i // 2)
             stride = 2 if i % 2 else 1
             # explicit padding 1 == PyTorch (SAME would pad (0, 1) at stride 2)
-            x = nn.Conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
-                        dtype=self.dtype, param_dtype=self.param_dtype)(x)
+            conv = layers.Conv if self.conv_im2col else nn.Conv
+            x = conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=True,
+                     kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+                     param_dtype=self.param_dtype)(x)
             if i > 0:
                 x = norm()(x)
             x = nn.leaky_relu(x, 0.2)

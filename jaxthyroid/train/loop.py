@@ -30,6 +30,9 @@ from jaxthyroid.train.checkpoint import CheckpointError  # noqa: F401 (re-export
 
 log = logging.getLogger(__name__)
 
+# Steps dispatched ahead of the last finished one (JAX dispatches asynchronously).
+_IN_FLIGHT = 2
+
 
 class TrainingDiverged(RuntimeError):
   """The loss or gradients became NaN/Inf; nothing after the last good checkpoint was saved."""
@@ -254,6 +257,10 @@ def fit(*, state, train_step: Callable, eval_step: Callable | None,
         step += 1
         in_epoch += 1
         pending.append((step, metrics))
+        if len(pending) > _IN_FLIGHT:
+          # Let the host run at most _IN_FLIGHT steps ahead of the device, so the bar
+          # (and its rate) shows finished steps, not merely dispatched ones.
+          jax.block_until_ready(pending[-_IN_FLIGHT - 1][1])
         bar.update(1)
         if log_every and step % log_every == 0:
           window = flush(epoch)
