@@ -215,3 +215,30 @@ def test_param_group_multiplier_and_schedules():
     optim.make_optimizer(_cfg(optimizer="lamb"))
   adamw = optim.make_optimizer(_cfg(optimizer="adamw"))
   assert adamw.init(params) is not None
+
+
+def test_runtime_schedule_equals_optax_and_keeps_numbers_out_of_the_program():
+  import optax
+  ref = optax.warmup_cosine_decay_schedule(0.0, 0.05, warmup_steps=7, decay_steps=40)
+  ours = optim.make_schedule(_cfg(schedule="warmup_cosine", learning_rate=0.05, warmup_steps=7,
+                                  total_steps=40))
+  np.testing.assert_allclose([float(ours(i)) for i in range(45)], [float(ref(i)) for i in range(45)],
+                             atol=1e-7)
+  # SGD with momentum and weight decay: the same updates as optax's own chain.
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  grads = jax.tree.map(lambda p: jnp.sin(p) + 0.5, params)
+  tx = optim.make_optimizer(_cfg(schedule="warmup_cosine", warmup_steps=2, total_steps=10))
+  want = optax.chain(optax.add_decayed_weights(1e-4, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)),
+                     optax.sgd(optax.warmup_cosine_decay_schedule(0.0, 0.1, 2, 10), momentum=0.9))
+  s_ours, s_want = tx.init(params), want.init(params)
+  for _ in range(4):
+    u_ours, s_ours = tx.update(grads, s_ours, params)
+    u_want, s_want = want.update(grads, s_want, params)
+    for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_want)):
+      np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+  # Two runs differing only in learning rate and length compile the same program.
+  def hlo(**kw):
+    t = optim.make_optimizer(_cfg(schedule="warmup_cosine", **kw))
+    return jax.jit(t.update).lower(grads, t.init(params), params).as_text()
+  assert hlo(learning_rate=0.1, warmup_steps=2, total_steps=10) == hlo(
+      learning_rate=0.02, warmup_steps=0, total_steps=300)
