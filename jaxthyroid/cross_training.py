@@ -256,7 +256,11 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
         params = jax.device_put(initial_variables["params"], jax.tree.map(lambda x: x.sharding, state.params))
         stats = jax.device_put(initial_variables["batch_stats"],
                                jax.tree.map(lambda x: x.sharding, state.batch_stats))
+        shardings = jax.tree.map(lambda x: x.sharding, state)
         state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
+        # The fresh optimiser state must be placed like the train step's outputs, or
+        # the step compiles a second time after its first call.
+        state = jax.device_put(state, shardings)
     train_step, eval_step = steps_lib.make_classifier_steps(model, mesh)
     augment = transforms.AugmentConfig() if cfg.data.augment else None
 
