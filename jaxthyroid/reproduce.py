@@ -162,8 +162,9 @@ def _stage_ablations(cfg, seed, synthetic_dir):
     def stage(directory):
         gan = {"data.synthetic_dir": synthetic_dir, "data.synthetic_ratio": cfg.synthetic.ratio}
         runs = {
-            # Everything but the synthetic images.
-            "no_gan": classifier_config(cfg, directory / "no_gan", seed, **{"plain.enabled": True}),
+            # Everything but the synthetic images (its phase-2 model, trained on real
+            # images only, also scores the generated images: _gan_quality).
+            "no_gan": classifier_config(cfg, directory / "no_gan", seed, **{"plain.enabled": False}),
             # Two phases, but phase 2 retrains the plain network (no cross term).
             "no_cross": classifier_config(cfg, directory / "no_cross", seed, **gan, **{
                 "phase2.model": "plain", "plain.enabled": False}),
@@ -178,12 +179,13 @@ def _stage_ablations(cfg, seed, synthetic_dir):
 
 
 def _gan_quality(real_only_run: pathlib.Path, synthetic_dir: str) -> dict:
-    """How the plain classifier trained on real images only (the no-GAN run's
-    control) sees the generated images: agreement and Fréchet distance."""
+    """How a classifier trained on real images only (the no-GAN run's final,
+    phase-2 model, which has seen single- and cross-feature images) sees the
+    generated images: agreement and Fréchet distance."""
     from jaxthyroid import augmentation, cross_training
     from jaxthyroid.data import features
 
-    run_cfg, taxonomy, model, variables = cross_training.load_run(real_only_run, "plain")
+    run_cfg, taxonomy, model, variables = cross_training.load_run(real_only_run, "phase2")
     data = cross_training.load_data(run_cfg.data, seed=run_cfg.seed)
     synthetic = features.load_source(synthetic_dir, "train")
     records = [synthetic[i] for i in range(len(synthetic))]

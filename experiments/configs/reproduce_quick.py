@@ -34,7 +34,7 @@ def get_config():
     cl.data.batch_size = 32
     cl.model.name = "resnet18"
     cl.model.num_filters = 16          # ResNet-18 at 1/4 width: CPU-sized
-    cl.phase1.epochs, cl.phase2.epochs, cl.plain.epochs = 4, 3, 7
+    cl.phase1.epochs, cl.phase2.epochs, cl.plain.epochs = 3, 3, 6
     cl.checkpoint_every_steps = 200
     c.classifier = cl
 
@@ -43,13 +43,14 @@ def get_config():
         image_size=32, nz=64, ngf=16, ndf=16, epochs=6, batch_size=32, learning_rate=2e-4))
     # SRResNet and SRGAN at CPU size: 4 residual blocks, a narrow discriminator.
     c.gan.srgan = ml_collections.ConfigDict(dict(
-        scale=2, num_blocks=4, features=32, bicubic_skip=True, pretrain_epochs=4, gan_epochs=1, batch_size=16,
+        scale=2, num_blocks=4, features=32, bicubic_skip=True, pretrain_epochs=3, gan_epochs=1, batch_size=16,
         learning_rate=1e-4, pretrain_learning_rate=1e-3, adversarial_weight=1e-3,
-        content_loss="feature_matching", d_features=16, d_dense_features=256, d_pool_size=4))
+        content_loss="feature_matching", d_features=16, d_dense_features=256, d_pool_size=4,
+        eval_images=120))
 
     c.synthetic = ml_collections.ConfigDict(dict(per_set=40, ratio=0.5))
 
     # Comparison networks, each trained once on the same data as the plain ResNet.
     c.baselines = ["vgg_tiny", "densenet_tiny"]
-    c.scarcity = ml_collections.ConfigDict(dict(per_set=[10, 25], epochs=6))
+    c.scarcity = ml_collections.ConfigDict(dict(per_set=[10, 25], epochs=5))
     return c

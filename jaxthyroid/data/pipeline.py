@@ -100,6 +100,11 @@ def make_loader(
         operations=[_make_transforms(augment), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)],
         worker_count=worker_count,
         shard_options=shard_options,
+        # Read in the calling thread: grain's default 16 reader threads poll their
+        # futures in a busy loop (~350k calls an epoch of 960 records, measured with
+        # cProfile), which takes a core from XLA on a 2-core machine; reading inline
+        # made an augmented epoch 2.05 s -> 1.5 s, and the train step runs meanwhile.
+        read_options=grain.ReadOptions(num_threads=0, prefetch_buffer_size=0),
     )
 
 
