@@ -5,15 +5,22 @@
 
 Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32,
 ``[batch, size, size, 1]`` images) for each variant: "plain Flax" (levers off:
-``nn.max_pool``, ``nn.Conv`` stem), each lever alone, and ours (all on); and, if
+``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, and ours (all on); and, if
 ``torch`` imports, the same network in PyTorch eager (NCHW and channels-last).
 Variants run *alternately*, one step each per round, so a noisy neighbour on the
 shared CPU hits all of them alike; the figure is the median over ``--steps``
 rounds after warm-up. Compile time is ``lower + compile`` of the jitted step.
 
-Expected on the 2-core dev CPU (shared, so noisy): ResNet-18, 128², batch 32:
-plain Flax ~52 img/s, PyTorch eager ~80 img/s (DESIGN §6); see the report of the
-last run in the output table.
+Measured on an idle 2-core AMD EPYC (AVX2, no AVX-512; XLA's 2048² fp32 matmul at
+~111 GFLOP/s), 2026-11-27, median of 5 alternating rounds, images/s:
+
+  ResNet-18, batch 32, 1×64²:  ours 67.2, plain Flax 10.2, +conv_im2col only 56.0,
+                               PyTorch eager 53.1, channels-last 58.3  (ours ÷ eager 1.27)
+  ResNet-18, batch 32, 1×128²: ours 16.9, plain Flax 9.4, +conv_im2col only 19.0,
+                               PyTorch eager 19.7, channels-last 24.0  (ours ÷ eager 0.86)
+
+At 64² XLA:CPU ran the 3×3 convs of the 2×2×512 last stage ~50× below its matmul
+rate, which ``conv_im2col`` removes (see models/layers.py).
 """
 from __future__ import annotations
 

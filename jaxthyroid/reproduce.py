@@ -172,10 +172,23 @@ def _stage_ablations(cfg, seed, synthetic_dir):
             "no_two_phase": classifier_config(cfg, directory / "no_two_phase", seed, **gan, **{
                 "phase1.enabled": False, "phase2.enabled": False, "plain.model": "cross"}),
         }
+        _reuse_phase1(classifier_config(cfg, directory.parent / "classifier" / "full", seed, **gan),
+                      runs["no_cross"])
         result = {name: _run_classifier(c) for name, c in runs.items()}
         result["gan_quality"] = _gan_quality(directory / "no_gan", synthetic_dir)
         return result
     return stage
+
+
+def _reuse_phase1(done_run, run) -> None:
+    """Copies ``done_run``'s finished phase 1 into ``run`` when phase 1 of both is the
+    same training (same data, model, seed and phase-1 settings; training is
+    deterministic), so ``run`` restores it instead of training it again."""
+    source = pathlib.Path(done_run.workdir) / "phase1"
+    target = pathlib.Path(run.workdir) / "phase1"
+    same = all(done_run[k].to_dict() == run[k].to_dict() for k in ("data", "model", "phase1"))
+    if same and done_run.seed == run.seed and (source / "done.json").exists() and not target.exists():
+        shutil.copytree(source, target)
 
 
 def _gan_quality(real_only_run: pathlib.Path, synthetic_dir: str) -> dict:

@@ -12,11 +12,9 @@ the same total number of epochs is the control.
 
 Size: 960 train / 192 val / 384 test images (~25 % cross-feature); phase 1 5 epochs,
 phase 2 3 epochs, control 8 epochs (435 optimiser steps of 32 in all).
-Expected runtime: estimated ~4 min on an idle 2-core CPU (~24 GFLOP per ResNet-18
-step at 64², compiles and data build included) -- not yet measured idle. Measured
-on the shared machine while other jobs held it ~25x below its idle matmul speed:
-77 min wall (3,270 s CPU). Reruns compile less (persistent compilation cache); a
-killed run resumes when the same command is rerun (finished phases are skipped).
+Measured runtime (idle 2-core AMD EPYC, 2026-11-27): 468 s wall with a cold
+compilation cache, 360 s warm (data set already built; building it adds ~15 s).
+A killed run resumes when the same command is rerun (finished phases are skipped).
 Expected result: the closing table printed at the end and results.json; the
 numbers measured on this machine are quoted in README.md.
 """

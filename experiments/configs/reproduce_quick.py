@@ -40,10 +40,10 @@ def get_config():
 
     c.gan = ml_collections.ConfigDict()
     c.gan.dcgan = ml_collections.ConfigDict(dict(
-        image_size=32, nz=64, ngf=16, ndf=16, epochs=6, batch_size=32, learning_rate=2e-4))
-    # SRResNet and SRGAN at CPU size: 4 residual blocks, a narrow discriminator.
+        image_size=32, nz=64, ngf=16, ndf=16, epochs=5, batch_size=32, learning_rate=2e-4))
+    # SRResNet and SRGAN at CPU size: 2 residual blocks, a narrow discriminator.
     c.gan.srgan = ml_collections.ConfigDict(dict(
-        scale=2, num_blocks=4, features=32, bicubic_skip=True, pretrain_epochs=3, gan_epochs=1, batch_size=16,
+        scale=2, num_blocks=2, features=32, bicubic_skip=True, pretrain_epochs=3, gan_epochs=1, batch_size=16,
         learning_rate=1e-4, pretrain_learning_rate=1e-3, adversarial_weight=1e-3,
         content_loss="feature_matching", d_features=16, d_dense_features=256, d_pool_size=4,
         eval_images=120))
@@ -52,5 +52,5 @@ def get_config():
 
     # Comparison networks, each trained once on the same data as the plain ResNet.
     c.baselines = ["vgg_tiny", "densenet_tiny"]
-    c.scarcity = ml_collections.ConfigDict(dict(per_set=[10, 25], epochs=5))
+    c.scarcity = ml_collections.ConfigDict(dict(per_set=[10, 25], epochs=4))
     return c

@@ -103,6 +103,11 @@ class Checkpoints:
 
   def best_value(self) -> float | None:
     """The metric value of the saved best checkpoint (None when there is none)."""
+    if not hasattr(self, "_best_value"):  # read once; save(which="best") keeps it current
+      self._best_value = self._read_best_value()
+    return self._best_value
+
+  def _read_best_value(self) -> float | None:
     mgr = self.managers["best"]
     step = mgr.latest_step()
     if step is None or not self.best_metric:
@@ -126,6 +131,8 @@ class Checkpoints:
         state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
         loop=ocp.args.JsonSave(loop)), metrics=metrics if which == "best" else None)
     mgr.wait_until_finished()
+    if which == "best" and self.best_metric:
+      self._best_value = (metrics or {}).get(self.best_metric)
 
   def restore(self, state_template: Any, *, which: str = "latest",
               step: int | None = None) -> tuple[Any, dict, dict]:
