@@ -213,7 +213,7 @@ def test_resnet_levers_change_nothing_but_speed(source):
   cross = dict(cross=source is not None, source=source or 'adapter')
   fast = _tiny(**cross)
   ref = _tiny(**cross, fast_maxpool=False, stem_im2col=False, conv_im2col=False)
-  assert fast.fast_maxpool and fast.stem_im2col and fast.conv_im2col  # the defaults
+  assert fast.fast_maxpool and fast.stem_im2col and layers.use_im2col(fast.conv_im2col)  # defaults (CPU)
   variables = _random_variables(ref, x)
   assert jax.tree.structure(_shapes(fast, x)) == jax.tree.structure(variables)
 
@@ -270,7 +270,7 @@ def test_baseline_im2col_convs_change_nothing(name):
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, size, size, 1)), jnp.float32)
   fast = get_model(name, num_classes=6, in_channels=1)
   ref = get_model(name, num_classes=6, in_channels=1, conv_im2col=False)
-  assert fast.conv_im2col
+  assert layers.use_im2col(fast.conv_im2col)
   variables = jax.jit(lambda k: ref.init({'params': k, 'dropout': k}, x, train=False))(RBG_KEY)
   assert (jax.tree.structure(jax.eval_shape(
       lambda: fast.init({'params': KEY, 'dropout': KEY}, x, train=False)))

@@ -35,8 +35,8 @@ VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
              512, 512, 512, 'M')
 
 
-def _conv_cls(im2col: bool):
-  return layers.Im2colConv if im2col else nn.Conv
+def _conv_cls(im2col: bool | None):
+  return layers.Im2colConv if layers.use_im2col(im2col) else nn.Conv
 
 
 class VGG(nn.Module):
@@ -53,7 +53,7 @@ class VGG(nn.Module):
   fast_maxpool: bool = True
   # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
   # conv shapes far below its matmul rate (see layers.py).
-  conv_im2col: bool = True
+  conv_im2col: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -98,7 +98,7 @@ class AlexNet(nn.Module):
   fast_maxpool: bool = True
   # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
   # conv shapes far below its matmul rate (see layers.py).
-  conv_im2col: bool = True
+  conv_im2col: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -136,7 +136,7 @@ class DenseNet(nn.Module):
   fast_maxpool: bool = True
   # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
   # conv shapes far below its matmul rate (see layers.py).
-  conv_im2col: bool = True
+  conv_im2col: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:

@@ -86,7 +86,7 @@ class Generator(nn.Module):
     # Convs as im2col matmuls (same parameters and values): XLA:CPU runs some conv
     # shapes far below its matmul rate (models/layers.py). With it, every layer
     # (the one-channel last one too) is a sub-pixel conv.
-    conv_im2col: bool = True
+    conv_im2col: bool | None = None
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -121,9 +121,9 @@ class Generator(nn.Module):
         for i in range(n):
             last = i == n - 1
             out = self.channels if last else features // 2 ** (i + 1)
-            if self.fast_upsample and (self.conv_im2col or out >= self.sub_pixel_min_features):
+            if self.fast_upsample and (layers.use_im2col(self.conv_im2col) or out >= self.sub_pixel_min_features):
                 x = SubPixelConvTranspose(out, dtype=self.dtype, param_dtype=self.param_dtype,
-                                          im2col=self.conv_im2col, name=f"up{i}")(x)
+                                          im2col=layers.use_im2col(self.conv_im2col), name=f"up{i}")(x)
             else:  # PyTorch ConvTranspose2d(k=4, s=2, p=1) == lax padding k-1-p = 2 each side
                 x = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False,
                                      kernel_init=dcgan_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -151,12 +151,12 @@ class Discriminator(nn.Module):
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    conv_im2col: bool = True  # convs as layers.Im2colConv (same parameters and values)
+    conv_im2col: bool | None = None  # convs as layers.Im2colConv (same parameters and values)
 
     @nn.compact
     def __call__(self, x: jax.Array, finding_set: jax.Array | None = None, *, train: bool,
                  return_features: bool = False):
-        conv = functools.partial(layers.Conv if self.conv_im2col else nn.Conv, kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
+        conv = functools.partial(layers.Conv if layers.use_im2col(self.conv_im2col) else nn.Conv, kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,

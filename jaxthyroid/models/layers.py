@@ -123,6 +123,13 @@ class Im2colConv(nn.Module):
     return y if bias is None else y + bias
 
 
+def use_im2col(flag: bool | None) -> bool:
+  """A model's ``conv_im2col`` setting: ``None`` (the default) means on for the CPU
+  backend, where it is measured faster, and off on GPU/TPU, where the convolution
+  libraries are the fast path."""
+  return jax.default_backend() == 'cpu' if flag is None else bool(flag)
+
+
 def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
   """``[size_out, size_in]`` averaging matrix of torch's adaptive average pool.
 

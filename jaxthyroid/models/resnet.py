@@ -244,14 +244,14 @@ class ResNet(nn.Module):
   # Every other conv as an im2col matmul too: XLA:CPU runs some conv shapes far below
   # its matmul rate (a 3×3 conv on ResNet-18's 2×2 last stage at 64²: ~50× slower
   # forward+backward; the 32×32 first stage at 128²: ~3×). Same parameters and values
-  # (tests/test_layers.py); measured in benchmarks/train_step.py. Off for GPU/TPU
-  # runs, where cuDNN/XLA convolutions are the fast path.
-  conv_im2col: bool = True
+  # (tests/test_models.py); measured in benchmarks/train_step.py. None (default): on
+  # for the CPU backend, off on GPU/TPU, where cuDNN/XLA convolutions are the fast path.
+  conv_im2col: bool | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     image = x
-    conv = partial(layers.Im2colConv if self.conv_im2col else nn.Conv, use_bias=False,
+    conv = partial(layers.Im2colConv if layers.use_im2col(self.conv_im2col) else nn.Conv, use_bias=False,
                    dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                    epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -269,7 +269,7 @@ class ResNet(nn.Module):
     block_cls = CROSS_BLOCKS.get(self.block_cls, self.block_cls) if self.cross else self.block_cls
     cross_fields = (dict(cross_source=self.cross_source, cross_reduction=self.cross_reduction,
                          cross_param_dtype=self.param_dtype,
-                         cross_im2col=self.conv_im2col) if self.cross else {})
+                         cross_im2col=layers.use_im2col(self.conv_im2col)) if self.cross else {})
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)

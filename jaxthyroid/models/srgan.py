@@ -71,7 +71,7 @@ class SRResNet(nn.Module):
     bicubic_skip: bool = False
     # The 3×3 convs as im2col matmuls (layers.Im2colConv, same parameters and values);
     # the 9×9 ones stay nn.Conv (81× patches would not fit in memory).
-    conv_im2col: bool = True
+    conv_im2col: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -83,7 +83,7 @@ class SRResNet(nn.Module):
         conv3 = (functools.partial(layers.Conv, padding=((1, 1), (1, 1)), use_bias=True,
                                    kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
                                    param_dtype=self.param_dtype)
-                 if self.conv_im2col else conv9)
+                 if layers.use_im2col(self.conv_im2col) else conv9)
 
         def conv(features, kernel_size, **kw):
             return (conv3 if kernel_size == (3, 3) else conv9)(features, kernel_size, **kw)
@@ -133,7 +133,7 @@ class SRDiscriminator(nn.Module):
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    conv_im2col: bool = True  # convs as layers.Im2colConv (same parameters and values)
+    conv_im2col: bool | None = None  # convs as layers.Im2colConv (same parameters and values)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, return_features: bool = False):
@@ -143,7 +143,7 @@ class SRDiscriminator(nn.Module):
             width = self.features * 2 ** (i // 2)
             stride = 2 if i % 2 else 1
             # explicit padding 1 == PyTorch (SAME would pad (0, 1) at stride 2)
-            conv = layers.Conv if self.conv_im2col else nn.Conv
+            conv = layers.Conv if layers.use_im2col(self.conv_im2col) else nn.Conv
             x = conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=True,
                      kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
                      param_dtype=self.param_dtype)(x)

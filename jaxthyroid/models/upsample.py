@@ -81,7 +81,7 @@ class SubPixelConvTranspose(nn.Module):
     param_dtype: Dtype = jnp.float32
     # Each 2×2 phase conv as an im2col matmul (layers.extract_patches): XLA:CPU's
     # convolutions run some shapes far below its matmul rate (see models/layers.py).
-    im2col: bool = True
+    im2col: bool | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -94,7 +94,7 @@ class SubPixelConvTranspose(nn.Module):
 
         def phase(a: int, b: int) -> jax.Array:  # output pixels (2p + a, 2q + b)
             window = padded[:, a : a + height + 1, b : b + width + 1, :]
-            if self.im2col:
+            if layers.use_im2col(self.im2col):
                 patches = layers.extract_patches(window, (2, 2), (1, 1), ((0, 0), (0, 0)))
                 return patches @ kernel[a::2, b::2].reshape(4 * in_features, self.features)
             return jax.lax.conv_general_dilated(
