@@ -14,16 +14,14 @@ ResNet-18 on the real images only (the plain phase, 6 epochs) and reports how th
 classifier sees the generated images (agreement with the conditioned finding set,
 Fréchet distance in its penultimate features against the real-vs-real floor).
 
-Measured on the shared 2-core CPU (load 5–12 from other jobs), seed 0:
-  DCGAN 58 s (540 steps, 717 img/s); SRGAN 375 s (SRResNet pre-training 237 s at
-  21 img/s, SRGAN 113 s at 13 img/s); generation 16 s; classifier (full-width
-  ResNet-18, 6 epochs) 18 min (now 1/4 width by default) — reuse a run with --classifier-run to skip it;
-  quality 160 s. Each stage resumes after a kill; a finished one is skipped.
-Result: PSNR / SSIM on 200 test images, bicubic 34.69 dB / 0.862, SRResNet
-  29.93 / 0.727, SRGAN 23.78 / 0.415 (at this size the SRResNet, which has no
-  bicubic skip, is still below bicubic); generated images: classifier agreement
-  0.21 (the same classifier on real test images: 0.50; chance 1/12), Fréchet
-  distance in its 512-d penultimate features 31.2 against 1.8 real-vs-real.
+Measured on an idle 2-core AMD EPYC, cold compilation cache, seed 0 (2026-11-27):
+  348 s wall: DCGAN 48 s (540 steps, 1132 img/s); SRGAN 223 s; generation 13 s;
+  classifier (1/4-width ResNet-18, real images only) 50 s; quality 9 s.
+  Each stage resumes after a kill; a finished one is skipped.
+Result: PSNR / SSIM on 200 test images, bicubic 34.69 dB / 0.8624, SRResNet
+  35.27 / 0.8629, SRGAN 34.30 / 0.8536; generated images: classifier agreement
+  0.269 (the same classifier on real test images: 0.467; chance 1/12), Fréchet
+  distance in its 128-d penultimate features 1.917 against 0.258 real-vs-real.
 """
 
 import ml_collections
