@@ -286,7 +286,7 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
     info = {"history": history, "best_epoch": best["epoch"], "train_images": len(source),
             "steps": total_steps, "seconds": time.perf_counter() - start}
     tmp = done.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(info, indent=1, default=_json_default))
+    tmp.write_text(json.dumps(info, indent=1, default=report.json_default))
     os.replace(tmp, done)
     return state, history, info
 
@@ -449,17 +449,9 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         record("plain", state_p, hist_p, info_p, model_p, apply_p)
     results["seconds"] = time.perf_counter() - t0
     tmp = workdir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=_json_default))
+    tmp.write_text(json.dumps(results, indent=2, default=report.json_default))
     os.replace(tmp, workdir / "results.json")
     return results
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def summary_table(results: dict) -> str:

@@ -108,6 +108,7 @@ class InMemorySource:
     def __init__(self, source):
         self._source = source
         self._records: list = [None] * len(source)
+        self.estimated_mb = _estimated_mb(source)  # decoded size, from the first record
 
     def __len__(self) -> int:
         return len(self._records)
@@ -159,10 +160,11 @@ def load_source(dataset_dir, split: str, *, in_memory: bool | None = None):
     source = _open_source(dataset_dir, split)
     if in_memory is False or len(source) == 0:
         return source
-    used = sum(_estimated_mb(s._source) for s in _MEMORY.values())
-    if in_memory or used + _estimated_mb(source) <= _memory_budget_mb():
-        _MEMORY[key] = InMemorySource(source)
-        return _MEMORY[key]
+    cached = InMemorySource(source)
+    used = sum(s.estimated_mb for s in _MEMORY.values())
+    if in_memory or used + cached.estimated_mb <= _memory_budget_mb():
+        _MEMORY[key] = cached
+        return cached
     return source
 
 

@@ -35,10 +35,6 @@ VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
              512, 512, 512, 'M')
 
 
-def _conv_cls(im2col: bool | None):
-  return layers.Im2colConv if layers.use_im2col(im2col) else nn.Conv
-
-
 class VGG(nn.Module):
   """VGG with BatchNorm: conv3×3+BN+ReLU stacks, 2×2 max-pools, adaptive pool, 3 dense."""
   num_classes: int
@@ -64,7 +60,7 @@ class VGG(nn.Module):
         x = layers.max_pool(x, 2, 2, ((0, 0), (0, 0)), fast=self.fast_maxpool)
         continue
       conv_index += 1
-      x = _conv_cls(self.conv_im2col)(int(item), (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
+      x = layers.conv_cls(self.conv_im2col)(int(item), (3, 3), padding=((1, 1), (1, 1)), use_bias=True,
                                       kernel_init=conv_kernel_init, name=f'conv{conv_index}',
                                       **common)(x)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
@@ -102,7 +98,7 @@ class AlexNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    conv = partial(_conv_cls(self.conv_im2col), use_bias=True, kernel_init=conv_kernel_init,
+    conv = partial(layers.conv_cls(self.conv_im2col), use_bias=True, kernel_init=conv_kernel_init,
                    dtype=self.dtype, param_dtype=self.param_dtype)
     x = nn.relu(conv(64, (11, 11), (4, 4), padding=((2, 2), (2, 2)), name='conv1')(x))
     x = _alexnet_pool(x, self.fast_maxpool)
@@ -141,7 +137,7 @@ class DenseNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    conv = partial(_conv_cls(self.conv_im2col), use_bias=False, kernel_init=conv_kernel_init,
+    conv = partial(layers.conv_cls(self.conv_im2col), use_bias=False, kernel_init=conv_kernel_init,
                    **common)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                    epsilon=self.bn_epsilon, **common)

@@ -156,7 +156,7 @@ class Discriminator(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, finding_set: jax.Array | None = None, *, train: bool,
                  return_features: bool = False):
-        conv = functools.partial(layers.Conv if layers.use_im2col(self.conv_im2col) else nn.Conv, kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
+        conv = functools.partial(layers.conv_cls(self.conv_im2col), kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
                                  dtype=self.dtype, param_dtype=self.param_dtype)
         norm = functools.partial(
             nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,

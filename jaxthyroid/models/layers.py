@@ -130,6 +130,13 @@ def use_im2col(flag: bool | None) -> bool:
   return jax.default_backend() == 'cpu' if flag is None else bool(flag)
 
 
+def conv_cls(im2col: bool | None):
+  """The conv module for a model's ``conv_im2col`` setting: :class:`Conv` (im2col,
+  auto-named like ``nn.Conv``) or ``nn.Conv``; both take ``nn.Conv``'s arguments with
+  explicit padding and hold the same parameters."""
+  return Conv if use_im2col(im2col) else nn.Conv
+
+
 def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
   """``[size_out, size_in]`` averaging matrix of torch's adaptive average pool.
 

@@ -130,7 +130,7 @@ class CrossAdapter(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     hidden = max(self.features // self.reduction, 8)
-    conv = partial(layers.Im2colConv if self.im2col else nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+    conv = partial(layers.conv_cls(self.im2col), use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=conv_kernel_init)
     h = self.act(conv(hidden, (1, 1), name='reduce')(x))
     h = self.act(conv(hidden, (3, 3), self.strides, padding=((1, 1), (1, 1)),
@@ -155,7 +155,7 @@ class ImageCrossTerm(nn.Module):
   @nn.compact
   def __call__(self, image: jax.Array, height: int, width: int) -> jax.Array:
     hidden = max(self.features // self.reduction, 8)
-    conv = partial(layers.Im2colConv if self.im2col else nn.Conv, use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
+    conv = partial(layers.conv_cls(self.im2col), use_bias=True, dtype=self.dtype, param_dtype=self.param_dtype,
                    kernel_init=conv_kernel_init)
     image = layers.resize_to(image.astype(self.dtype), height, width)
     h = self.act(conv(hidden, (3, 3), padding=((1, 1), (1, 1)), name='embed')(image))
@@ -251,7 +251,7 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     image = x
-    conv = partial(layers.Im2colConv if layers.use_im2col(self.conv_im2col) else nn.Conv, use_bias=False,
+    conv = partial(layers.conv_cls(self.conv_im2col), use_bias=False,
                    dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init)
     norm = partial(nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum,
                    epsilon=self.bn_epsilon, dtype=self.dtype, param_dtype=self.param_dtype,

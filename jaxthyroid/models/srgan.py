@@ -80,10 +80,10 @@ class SRResNet(nn.Module):
         if 2**n_up != self.scale or n_up < 1:
             raise ValueError(f"SRResNet scale must be a power of two >= 2, got {self.scale}")
         conv9 = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
-        conv3 = (functools.partial(layers.Conv, padding=((1, 1), (1, 1)), use_bias=True,
-                                   kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
-                                   param_dtype=self.param_dtype)
-                 if layers.use_im2col(self.conv_im2col) else conv9)
+        # Explicit padding 1 is SAME for a 3×3 stride-1 conv; lecun_normal is nn.Conv's default.
+        conv3 = functools.partial(layers.conv_cls(self.conv_im2col), padding=((1, 1), (1, 1)), use_bias=True,
+                                  kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
+                                  param_dtype=self.param_dtype)
 
         def conv(features, kernel_size, **kw):
             return (conv3 if kernel_size == (3, 3) else conv9)(features, kernel_size, **kw)
@@ -143,7 +143,7 @@ class SRDiscriminator(nn.Module):
             width = self.features * 2 ** (i // 2)
             stride = 2 if i % 2 else 1
             # explicit padding 1 == PyTorch (SAME would pad (0, 1) at stride 2)
-            conv = layers.Conv if layers.use_im2col(self.conv_im2col) else nn.Conv
+            conv = layers.conv_cls(self.conv_im2col)
             x = conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=True,
                      kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
                      param_dtype=self.param_dtype)(x)

@@ -75,6 +75,9 @@ def _handler_registry() -> ocp.DefaultCheckpointHandlerRegistry:
   return registry
 
 
+_UNREAD = object()  # Checkpoints._best_value before the best checkpoint was looked at
+
+
 class Checkpoints:
   """The latest ``keep`` checkpoints plus the best one by ``best_metric``."""
 
@@ -85,6 +88,7 @@ class Checkpoints:
     self.directory = pathlib.Path(directory).absolute()
     self.best_metric = best_metric
     self.best_mode = best_mode
+    self._best_value: Any = _UNREAD
     self.managers = {
         "latest": ocp.CheckpointManager(
             self.directory / "latest", handler_registry=_handler_registry(),
@@ -103,7 +107,7 @@ class Checkpoints:
 
   def best_value(self) -> float | None:
     """The metric value of the saved best checkpoint (None when there is none)."""
-    if not hasattr(self, "_best_value"):  # read once; save(which="best") keeps it current
+    if self._best_value is _UNREAD:  # read once; save(which="best") keeps it current
       self._best_value = self._read_best_value()
     return self._best_value
 
