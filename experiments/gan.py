@@ -41,12 +41,13 @@ def classifier_config(cfg, workdir: pathlib.Path):
 def train_classifier(cfg, workdir: pathlib.Path):
     """``(model, variables, taxonomy)`` of a plain ResNet trained on the real images."""
     from jaxthyroid import cross_training, parallel
+    from jaxthyroid.train import state as state_lib
 
     c = cross_training.resolve(classifier_config(cfg, workdir))
     data = cross_training.load_data(c.data, seed=c.seed)
     model = cross_training.build_model(c, cross=False, num_classes=data.taxonomy.num_findings)
     state, _, _ = cross_training.train_phase("plain", c, data, model, mesh=parallel.make_mesh())
-    return model, cross_training.variables_of(state), data.taxonomy
+    return model, state_lib.variables_of(state), data.taxonomy
 
 
 def main(argv=None):

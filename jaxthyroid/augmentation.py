@@ -42,7 +42,6 @@ import json
 import os
 import pathlib
 import time
-from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -56,6 +55,7 @@ from jaxthyroid import parallel, report
 from jaxthyroid.data import transforms
 from jaxthyroid.models import dcgan, srgan
 from jaxthyroid.train import gan_steps
+from jaxthyroid.train.state import variables_of
 from jaxthyroid.train.checkpoint import CheckpointError, Checkpoints
 from jaxthyroid.train.logging import MetricsLogger, progress_bar
 
@@ -448,10 +448,6 @@ def _gan_template(g, d, g_state, cfg, key, lr_size):
         g_tx=gan_steps.srgan_optimizer(cfg.learning_rate), d_tx=gan_steps.srgan_optimizer(cfg.learning_rate))
 
 
-def _variables(train_state) -> dict:
-    return {"params": train_state.params, "batch_stats": train_state.batch_stats}
-
-
 @_cpu_friendly_random
 def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: int) -> dict:
     """SRResNet pre-training (MSE), then SRGAN; PSNR/SSIM against bicubic on test images.
@@ -506,7 +502,7 @@ def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: 
         g_state, pre_summary = loop.run(_place(g_state, mesh), lambda s, idx: pre_step(s, batch_of(idx)))
         _write_json(pre_dir / DONE_FILE, pre_summary)
     # A copy: the SRGAN steps donate (overwrite) the generator's buffers.
-    srresnet_vars = jax.tree.map(jnp.copy, _variables(g_state))
+    srresnet_vars = jax.tree.map(jnp.copy, variables_of(g_state))
 
     # -- phase 2: SRGAN
     gan_summary, srgan_vars = None, None
@@ -523,7 +519,7 @@ def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: 
                               batch_size=cfg.batch_size, seed=seed + 1)
             state, gan_summary = loop.run(_place(state, mesh), lambda s, idx: gan_step(s, batch_of(idx)))
             _write_json(gan_dir / DONE_FILE, gan_summary)
-        srgan_vars = _variables(state.generator)
+        srgan_vars = variables_of(state.generator)
 
     # -- evaluation on held-out images
     test_hr, _ = real_images(test_source, hr_size, limit=int(cfg.get("eval_images", 200)), seed=seed)
@@ -576,8 +572,8 @@ def load_sr_generator(srgan_dir, cfg=None):
 
     if cfg.gan_epochs > 0 and (srgan_dir / "gan" / "checkpoints").is_dir():
         template = _abstract(lambda key: _gan_template(g, d, generator_state(key), cfg, key, lr_size))
-        return g, _variables(_restore(srgan_dir / "gan" / "checkpoints", template).generator)
-    return g, _variables(_restore(srgan_dir / "pretrain" / "checkpoints", _abstract(generator_state)))
+        return g, variables_of(_restore(srgan_dir / "gan" / "checkpoints", template).generator)
+    return g, variables_of(_restore(srgan_dir / "pretrain" / "checkpoints", _abstract(generator_state)))
 
 
 # ----------------------------------------------------------------------------- generation
@@ -641,12 +637,6 @@ def augment_command(args) -> None:
 
 
 # ----------------------------------------------------------------------------- quality
-def _variables_of(state) -> dict:
-    if isinstance(state, Mapping) and "params" in state:
-        return {"params": state["params"], "batch_stats": state.get("batch_stats", {})}
-    return {"params": state.params, "batch_stats": getattr(state, "batch_stats", None) or {}}
-
-
 @functools.lru_cache(maxsize=8)
 def classifier_features_fn(model):
     """Jitted ``(variables, images [B, H, W, 1]) -> (logits [B, F], features [B, D])``.
@@ -724,7 +714,7 @@ def generation_quality(model, state, synthetic_images, synthetic_ids, real_train
       and ``frechet_real_vs_real`` (real train vs real test, the floor), both in the
       classifier's ``feature_space`` (``head_input``: penultimate, or ``logits``).
     """
-    variables = _variables_of(state)
+    variables = variables_of(state)
     synthetic_images = np.asarray(synthetic_images, np.float32)
     synthetic_ids = np.asarray(synthetic_ids).astype(np.int64)
     size = synthetic_images.shape[1]

@@ -195,10 +195,6 @@ def logits_fn(model):
                    .astype(jnp.float32))
 
 
-def variables_of(state) -> dict:
-    return {"params": state.params, "batch_stats": state.batch_stats}
-
-
 # ----------------------------------------------------------------------------- one phase
 def _subset_accuracy(arrays: dict) -> dict:
     """Validation exact match on single- and cross-feature images (for the logs)."""
@@ -415,7 +411,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         results["best_epochs"][name] = info.get("best_epoch")
         results["train_seconds"][name] = info.get("seconds")
         results["evaluations"][name] = evaluate(
-            model, variables_of(state), data, batch_size=ebs, mesh=mesh, apply=apply,
+            model, state_lib.variables_of(state), data, batch_size=ebs, mesh=mesh, apply=apply,
             figure_path=workdir / f"confusion_{name}.png", title=f"{name}: test finding sets")
 
     if phase_enabled(cfg, "phase1"):
@@ -428,7 +424,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         model2, apply2 = model_of("phase2")
         # Graft: the cross model with the phase-1 weights (cross terms zero) computes
         # the phase-1 function; checked on real weights before phase 2 starts.
-        phase1_vars = variables_of(state1)
+        phase1_vars = state_lib.variables_of(state1)
         if model2 is model1:  # same architecture: phase 2 continues phase 1's weights
             start_vars = jax.tree.map(jnp.array, phase1_vars)
         else:
@@ -489,7 +485,7 @@ def load_run(run_dir, which: str = "phase2"):
         state = loop.restore_state(run / which, template, which="best")
     except CheckpointError as e:  # its message lists the differences on several lines
         raise CheckpointError(" ".join(line.strip() for line in str(e).splitlines())) from None
-    return cfg, taxonomy, model, variables_of(state)
+    return cfg, taxonomy, model, state_lib.variables_of(state)
 
 
 def evaluate_run(run_dir, *, which: str = "phase2") -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -45,3 +46,11 @@ def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTrans
     mesh = parallel.make_mesh(1)
   out_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
   return jax.jit(init, out_shardings=out_shardings)(key)
+
+
+def variables_of(state: Any) -> dict:
+  """``{'params', 'batch_stats'}`` of a TrainState (or of a mapping holding them), for
+  ``model.apply``; a model without BatchNorm gets ``{}`` as its ``batch_stats``."""
+  if isinstance(state, Mapping) and "params" in state:
+    return {"params": state["params"], "batch_stats": state.get("batch_stats") or {}}
+  return {"params": state.params, "batch_stats": getattr(state, "batch_stats", None) or {}}
