@@ -10,6 +10,8 @@ the device (:mod:`jaxthyroid.data.device_stream`). Measures, on one device:
 * the simulator: one 256 × 128² batch per call (simulate + normalise);
 * ResNet-18 at 128² (batch 256; its input is that phantom batch) and ResNet-50 at
   224² (batch 128), SGD-momentum train step, bf16 and fp32;
+* after those, the DCGAN D+G step (batch 256, 64²) and the SRGAN ×2 step (batch 32,
+  64² → 128²), bf16 and fp32;
 * compile time, median step time over ``--steps``, images/s, FLOPs per step
   (``cost_analysis``), achieved FLOP/s and its share of the measured fp32 matmul
   rate, peak memory (``memory_analysis``).
@@ -43,7 +45,9 @@ def specs(cpu_smoke: bool):
   # ResNet-18's batch and size equal the phantom batch's: it trains on those images.
   return [Spec("phantom", "fp32", 1, 256, 128),
           Spec("resnet18", "bf16", 1, 256, 128), Spec("resnet18", "fp32", 1, 256, 128),
-          Spec("resnet50", "bf16", 1, 128, 224), Spec("resnet50", "fp32", 1, 128, 224)]
+          Spec("resnet50", "bf16", 1, 128, 224), Spec("resnet50", "fp32", 1, 128, 224),
+          Spec("dcgan", "bf16", 1, 256, 64), Spec("dcgan", "fp32", 1, 256, 64),
+          Spec("srgan", "bf16", 1, 32, 128), Spec("srgan", "fp32", 1, 32, 128)]
 
 
 def main(argv=None) -> dict:
@@ -76,26 +80,34 @@ def main(argv=None) -> dict:
   log(f"# {env['device_kind']} ×{env['device_count']}, jax {env['jax']}")
   ceiling = common.matmul_ceiling(512 if args.cpu_smoke else 4096, repeats=3 if args.cpu_smoke else 10)
   log(f"# fp32 matmul {ceiling['n']}²: {ceiling['gflops']:.0f} GFLOP/s")
-  rows = bench.run_specs(specs(args.cpu_smoke), steps=steps, warmup=warmup, torch=False, log=log)
-  bench.add_shares(rows, ceiling["gflops"])
-  env["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-  bad = forbidden_imports()
-  result = {"environment": env, "matmul_ceiling": ceiling, "steps": steps, "warmup": warmup,
-            "compile_cache": args.compile_cache, "cpu_smoke": args.cpu_smoke,
-            "command": " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])]),
-            "rows": rows, "ratios": {}, "forbidden_imports": bad,
-            "notes": [f"jax.devices(): {[str(d) for d in jax.devices()]}"]}
-  text = bench.render_markdown(result)
-  print(text)
+  command = " ".join(["benchmarks/gpu_check.py", *(argv if argv is not None else sys.argv[1:])])
   os.makedirs(args.out, exist_ok=True)
-  with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
-    f.write(text)
-  if bad:
-    raise SystemExit(f"gpu_check imported modules the GPU machines lack: {', '.join(bad)}")
-  return result
 
+  def write(rows, partial):
+    """Rewrites gpu_check.json/.md, so a run cut short keeps its finished rows."""
+    rows = [dict(r) for r in rows]
+    bench.add_shares(rows, ceiling["gflops"])
+    env["loadavg_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    result = {"environment": env, "matmul_ceiling": ceiling, "steps": steps, "warmup": warmup,
+              "compile_cache": args.compile_cache, "cpu_smoke": args.cpu_smoke,
+              "command": command, "rows": rows, "ratios": {}, "partial": partial,
+              "forbidden_imports": forbidden_imports(),
+              "notes": [f"jax.devices(): {[str(d) for d in jax.devices()]}"]}
+    text = bench.render_markdown(result)
+    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
+      f.write(text)
+    return result, text
+
+  rows = bench.run_specs(specs(args.cpu_smoke), steps=steps, warmup=warmup, torch=False, log=log,
+                         on_rows=lambda rows: write(rows, partial=True))
+  result, text = write(rows, partial=False)
+  print(text)
+  if result["forbidden_imports"]:
+    raise SystemExit("gpu_check imported modules the GPU machines lack: "
+                     + ", ".join(result["forbidden_imports"]))
+  return result
 
 if __name__ == "__main__":
   main()
