@@ -286,10 +286,14 @@ class _EpochLoop:
 
 # ----------------------------------------------------------------------------- DCGAN
 def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
-    """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set."""
+    """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set
+    (optional keys ``fast_upsample``, default True, and ``conv_im2col``, default None:
+    im2col convs on the CPU backend only)."""
     g = dcgan.Generator(channels=1, image_size=cfg.image_size, nz=cfg.nz, ngf=cfg.ngf,
-                        num_classes=taxonomy.num_sets, fast_upsample=cfg.get("fast_upsample", True))
-    d = dcgan.Discriminator(image_size=cfg.image_size, ndf=cfg.ndf, num_classes=taxonomy.num_sets)
+                        num_classes=taxonomy.num_sets, fast_upsample=cfg.get("fast_upsample", True),
+                        conv_im2col=cfg.get("conv_im2col", None))
+    d = dcgan.Discriminator(image_size=cfg.image_size, ndf=cfg.ndf, num_classes=taxonomy.num_sets,
+                            conv_im2col=cfg.get("conv_im2col", None))
     return g, d
 
 
@@ -407,11 +411,12 @@ def _restore(directory: pathlib.Path, template):
 def srgan_models(cfg):
     """``(SRResNet, SRDiscriminator)`` of an SRGAN config. Optional keys size the
     discriminator: ``d_features`` (64), ``d_dense_features`` (1024), ``d_pool_size``
-    (None = the paper's flatten; an int average-pools to that grid first)."""
+    (None = the paper's flatten; an int average-pools to that grid first);
+    ``conv_im2col`` (None = im2col convs on the CPU backend only) goes to both."""
     g = srgan.SRResNet(channels=1, scale=cfg.scale, num_blocks=cfg.num_blocks, features=cfg.features,
-                       bicubic_skip=cfg.get("bicubic_skip", False))
+                       bicubic_skip=cfg.get("bicubic_skip", False), conv_im2col=cfg.get("conv_im2col", None))
     d = srgan.SRDiscriminator(features=cfg.get("d_features", 64), dense_features=cfg.get("d_dense_features", 1024),
-                              pool_size=cfg.get("d_pool_size", None))
+                              pool_size=cfg.get("d_pool_size", None), conv_im2col=cfg.get("conv_im2col", None))
     return g, d
 
 

@@ -108,7 +108,8 @@ def build_model(cfg, *, cross: bool, num_classes: int):
         overrides["num_filters"] = int(cfg.model.num_filters)  # a narrower/wider ResNet
     try:
         return registry.get_model(cfg.model.name, num_classes=num_classes, in_channels=1, dtype=dtype,
-                                  cross=cross, cross_source=cfg.model.cross_source, **overrides)
+                                  cross=cross, cross_source=cfg.model.cross_source,
+                                  conv_im2col=cfg.model.get("conv_im2col", None), **overrides)
     except ValueError as e:  # unknown name / no cross form: a config problem
         raise ConfigError(f"model: {e}") from None
 

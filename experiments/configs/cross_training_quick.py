@@ -47,6 +47,7 @@ def get_config():
     c.model.name = "resnet18"
     c.model.cross_source = "adapter"   # adapter | image: where the cross term x_i comes from
     c.model.dtype = "float32"          # compute dtype: float32 | bfloat16
+    c.model.conv_im2col = None         # convs as im2col matmuls: None = on for the CPU backend only
 
     def phase(epochs, lr, train_on, param_groups=()):
         p = ml_collections.ConfigDict()

@@ -4,8 +4,9 @@ Command:
   jaxthyroid reproduce --preset tiny --out /tmp/tiny
 
 tests/test_reproduce.py (this preset run, SIGKILLed after the GAN stage, rerun)
-takes 165 s with a cold compilation cache, 71 s warm, on an idle 2-core CPU. Its numbers mean nothing: a few dozen 64²
-images, one epoch of a tiny ResNet. Use `quick` or `paper` for results.
+takes 116 s with a cold compilation cache on an idle 2-core CPU (165 s before the
+model init was split from the optimiser's and the toy models left im2col convs off).
+Its numbers mean nothing: a few dozen 64² images, one epoch of a tiny ResNet. Use `quick` or `paper` for results.
 """
 
 import pathlib
@@ -30,6 +31,10 @@ def get_config():
     cl.phase1.warmup_steps = cl.phase2.warmup_steps = cl.plain.warmup_steps = 0
     c.gan.dcgan.update(dict(image_size=32, nz=8, ngf=4, ndf=4, epochs=1, batch_size=8))
     c.gan.srgan.update(dict(num_blocks=1, features=8, pretrain_epochs=1, gan_epochs=1, batch_size=8))
+    # At toy sizes compiling is most of the run, and the im2col convs (the CPU speed
+    # lever) take about twice as long to compile as XLA's own: plain convs here.
+    cl.model.conv_im2col = False
+    c.gan.dcgan.conv_im2col = c.gan.srgan.conv_im2col = False
     c.synthetic.per_set = 2
     c.baselines = ["vgg_tiny"]
     c.scarcity.per_set = [2]

@@ -25,7 +25,7 @@ def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTrans
   """Initialises a model and its optimiser state.
 
   Shapes come from ``jax.eval_shape`` first (nothing is allocated to find them); the
-  init then runs jitted with every leaf replicated over ``mesh`` (one device when
+  inits then run jitted with every leaf replicated over ``mesh`` (one device when
   None), so parameters land directly where the train step wants them.
 
   Args:
@@ -36,16 +36,23 @@ def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTrans
     mesh: the ``data`` mesh (:func:`jaxthyroid.parallel.make_mesh`) or None.
   """
 
+  # Two programs: the model's init depends only on the model and the input shape, so its
+  # (slow to compile: one RNG per parameter) program is reused from the persistent
+  # compilation cache by every run of that model; the optimiser's init bakes in its
+  # hyper-parameters and is cheap to compile.
   def init(key):
-    variables = model.init(key, jnp.zeros(sample_shape, jnp.float32), train=False)
+    return model.init(key, jnp.zeros(sample_shape, jnp.float32), train=False)
+
+  def create(variables):
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}))
 
-  abstract = jax.eval_shape(init, key)
   if mesh is None:
     mesh = parallel.make_mesh(1)
-  out_shardings = jax.tree.map(lambda _: parallel.replicated(mesh), abstract)
-  return jax.jit(init, out_shardings=out_shardings)(key)
+  replicated = lambda tree: jax.tree.map(lambda _: parallel.replicated(mesh), tree)  # noqa: E731
+  variables = jax.jit(init, out_shardings=replicated(jax.eval_shape(init, key)))(key)
+  return jax.jit(create, out_shardings=replicated(jax.eval_shape(create, variables)),
+                 donate_argnums=0)(variables)
 
 
 def variables_of(state: Any) -> dict:
