@@ -55,7 +55,7 @@ from jaxthyroid import parallel, report
 from jaxthyroid.data import transforms
 from jaxthyroid.models import dcgan, srgan
 from jaxthyroid.train import gan_steps
-from jaxthyroid.train.state import variables_of
+from jaxthyroid.train.state import init_key, variables_of
 from jaxthyroid.train.checkpoint import CheckpointError, Checkpoints
 from jaxthyroid.train.logging import MetricsLogger, progress_bar
 
@@ -348,8 +348,8 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
     images, ids = real_images(source, cfg.image_size)
     images = _to_tanh(images)
 
-    init_key, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
-    generator, discriminator, state = _dcgan_template(cfg, init_key)
+    _, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
+    generator, discriminator, state = _dcgan_template(cfg, init_key(seed))
     mesh = _mesh(cfg, cfg.batch_size)
     state = _place(state, mesh)
     step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True)
@@ -488,7 +488,7 @@ def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: 
     hr, lr = _to_tanh(hr), _to_tanh(lr)
     mesh = _mesh(cfg, cfg.batch_size)
 
-    g_key, d_key = jax.random.split(jax.random.key(seed))
+    g_key, d_key = init_key(seed, 0), init_key(seed, 1)
     g, d, g_state = _srgan_states(cfg, g_key, lr_size)
 
     def batch_of(idx):

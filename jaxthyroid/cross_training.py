@@ -154,11 +154,7 @@ def make_tx(cfg, name: str, total_steps: int, *, for_restore: bool = False):
         raise ConfigError(f"{name}: {e}") from None
 
 
-def init_key(seed: int, index: int) -> jax.Array:
-    """A key for parameter initialisation. XLA:CPU compiles threefry-based initialisers
-    about 10x slower than RBG ones (seconds per model, measured in the model and GAN
-    tests); initial weights only need to be seeded, so init keys are RBG."""
-    return jax.random.key(seed * 1_000 + index, impl="rbg")
+init_key = state_lib.init_key  # RBG init keys: fast to compile (see there)
 
 
 def init_variables(model, key, size: int) -> dict:

@@ -3,9 +3,10 @@ r"""The whole pipeline at toy size: a smoke test of every stage (used by the tes
 Command:
   jaxthyroid reproduce --preset tiny --out /tmp/tiny
 
-tests/test_reproduce.py (this preset run, SIGKILLed after the GAN stage, rerun)
-takes 116 s with a cold compilation cache on an idle 2-core CPU (165 s before the
-model init was split from the optimiser's and the toy models left im2col convs off).
+tests/test_reproduce.py (this preset run, SIGKILLed after the GAN stage, rerun;
+XLA's LLVM optimisation level 0) takes 91 s with a cold compilation cache on an idle
+2-core CPU (165 s before the model init was split from the optimiser's, the toy models
+left im2col convs off and the test lowered the optimisation level).
 Its numbers mean nothing: a few dozen 64² images, one epoch of a tiny ResNet. Use `quick` or `paper` for results.
 """
 

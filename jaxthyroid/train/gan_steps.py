@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxthyroid.parallel import DATA_AXIS
 from jaxthyroid.train.gan_losses import FeatureFn, content_loss, discriminator_loss, generator_loss, mse_loss
+from jaxthyroid.train import state as state_lib
 from jaxthyroid.train.state import TrainState
 
 Metrics = dict[str, jax.Array]
@@ -64,14 +65,9 @@ def srgan_optimizer(learning_rate: float = 1e-4) -> optax.GradientTransformation
 
 # -- initialisation ---------------------------------------------------------------
 def create_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation, *inputs: jax.Array) -> TrainState:
-    """Initialises ``model`` on example ``inputs`` (batch 1 suffices), jitted."""
-
-    def init(key):
-        variables = model.init(key, *inputs, train=False)
-        return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                 batch_stats=variables.get("batch_stats", {}))
-
-    return jax.jit(init)(key)
+    """Initialises ``model`` on example ``inputs`` (batch 1 suffices), jitted
+    (:func:`jaxthyroid.train.state.init_state`)."""
+    return state_lib.init_state(model, key, tx, *inputs)
 
 
 def create_dcgan_state(generator: nn.Module, discriminator: nn.Module, key: jax.Array, *,
