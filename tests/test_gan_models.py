@@ -53,10 +53,11 @@ def test_srresnet_shapes_and_prelu_init():
     assert slopes and all(float(s) == 0.25 for s in slopes)
 
 
-@pytest.mark.parametrize("im2col", [True, False])
-def test_sub_pixel_conv_transpose_matches_conv_transpose(im2col):
+@pytest.mark.parametrize("im2col,shared", [(False, False), (True, False), (True, True)],
+                         ids=["xla-conv", "im2col-per-phase", "im2col-shared-patches"])
+def test_sub_pixel_conv_transpose_matches_conv_transpose(im2col, shared):
     x = jax.random.normal(key(0), (2, 5, 6, 3))
-    fast = SubPixelConvTranspose(4, im2col=im2col)
+    fast = SubPixelConvTranspose(4, im2col=im2col, shared_patches_min_size=1 if shared else 8)
     # PyTorch ConvTranspose2d(k=4, s=2, p=1) as lax padding k-1-p = 2 on each side.
     reference = nn.ConvTranspose(4, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False)
     params = init(fast, x)

@@ -207,6 +207,23 @@ def test_im2col_conv_equals_conv(kernel_size, strides, pad, bias):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_patch_matmul_has_the_gradients_of_a_matmul(dtype):
+  """The custom VJP only reorders the weight gradient's contraction."""
+  patches = _normal((3, 4, 5, 12), 13).astype(dtype)
+  kernel = _normal((12, 7), 14).astype(dtype)
+  w = _normal((3, 4, 5, 7), 15).astype(dtype)
+  ref = jax.value_and_grad(lambda p, k: jnp.sum((p @ k) * w).astype(jnp.float32), argnums=(0, 1))
+  got = jax.value_and_grad(lambda p, k: jnp.sum(layers.patch_matmul(p, k) * w).astype(jnp.float32),
+                           argnums=(0, 1))
+  (v_ref, g_ref), (v, g) = ref(patches, kernel), got(patches, kernel)
+  tol = 1e-5 if dtype == jnp.float32 else 5e-2
+  np.testing.assert_allclose(v, v_ref, rtol=tol)
+  for a, b in zip(g, g_ref):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize('source', [None, 'adapter', 'image'])
 def test_resnet_levers_change_nothing_but_speed(source):
   x = _images(2)

@@ -121,7 +121,7 @@ class Generator(nn.Module):
         for i in range(n):
             last = i == n - 1
             out = self.channels if last else features // 2 ** (i + 1)
-            if self.fast_upsample and (layers.use_im2col(self.conv_im2col) or out >= self.sub_pixel_min_features):
+            if self.fast_upsample and out >= self.sub_pixel_min_features:
                 x = SubPixelConvTranspose(out, dtype=self.dtype, param_dtype=self.param_dtype,
                                           im2col=layers.use_im2col(self.conv_im2col), name=f"up{i}")(x)
             else:  # PyTorch ConvTranspose2d(k=4, s=2, p=1) == lax padding k-1-p = 2 each side

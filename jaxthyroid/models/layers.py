@@ -91,6 +91,32 @@ def extract_patches(x: jax.Array, kernel_size: tuple[int, int], strides: tuple[i
   return jnp.concatenate(pieces, axis=-1)
 
 
+@jax.custom_vjp
+def patch_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
+  """``patches [..., K] @ kernel [K, F]``: an im2col convolution's matmul.
+
+  Same value and gradients as ``patches @ kernel``; only the weight gradient's
+  contraction order differs. Autodiff emits ``patchesᵀ · g``; XLA:CPU computes
+  ``(gᵀ · patches)ᵀ`` 1.8x faster for ``[16384, 1024]`` patches and 5x faster for a
+  one-channel first layer's ``[65536, 16]`` (benchmarks/conv_grad.py).
+  """
+  return patches @ kernel
+
+
+def _patch_matmul_fwd(patches, kernel):
+  return patches @ kernel, (patches, kernel)
+
+
+def _patch_matmul_bwd(residuals, g):
+  patches, kernel = residuals
+  k, f = kernel.shape
+  d_kernel = jnp.einsum('mf,mk->fk', g.reshape(-1, f), patches.reshape(-1, k)).T
+  return g @ kernel.T.astype(g.dtype), d_kernel.astype(kernel.dtype)
+
+
+patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+
+
 class Im2colConv(nn.Module):
   """A convolution computed as patches @ kernel (+ bias).
 
@@ -119,7 +145,7 @@ class Im2colConv(nn.Module):
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
-    y = patches @ kernel.reshape(kh * kw * c, self.features)
+    y = patch_matmul(patches, kernel.reshape(kh * kw * c, self.features))
     return y if bias is None else y + bias
 
 
