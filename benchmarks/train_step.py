@@ -47,6 +47,8 @@ def _parse(argv):
   ap.add_argument('--cross', action='store_true', help='cross-residual ResNet')
   ap.add_argument('--no-torch', action='store_true')
   ap.add_argument('--only-ours', action='store_true', help='skip the lever ablation')
+  ap.add_argument('--variants', default=None,
+                  help="comma-separated variant names to keep (e.g. 'ours (levers on),all but fast_maxpool')")
   ap.add_argument('--xla-flags', default=None,
                   help='appended to XLA_FLAGS before JAX starts (e.g. --xla_cpu_use_onednn=true)')
   ap.add_argument('--json', default=None, help='write the results here')
@@ -69,8 +71,13 @@ def _jax_variants(args):
     if len(have) > 1:
       for f in have:
         variants[f'+{f} only'] = {**off, f: True}
+      for f in have:  # leave-one-out: what each lever adds on top of the others
+        variants[f'all but {f}'] = {**variants['ours (levers on)'], f: False}
+  keep = set(args.variants.split(',')) if args.variants and not args.only_ours else set(variants)
+  if unknown := keep - set(variants):
+    raise SystemExit(f"unknown --variants {sorted(unknown)}; known: {', '.join(variants)}")
   return {name: get_model(args.model, num_classes=args.classes, cross=args.cross,
-                          dtype=jnp.float32, **kw) for name, kw in variants.items()}
+                          dtype=jnp.float32, **kw) for name, kw in variants.items() if name in keep}
 
 
 def _make_step(model, args):

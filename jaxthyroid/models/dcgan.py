@@ -70,7 +70,9 @@ class Generator(nn.Module):
         ``nn.ConvTranspose`` even with ``fast_upsample``: for the last layer (64 -> 1
         channel at 64²) XLA:CPU's 2×2 convs with one output channel are ~18× slower
         than its transposed conv (1.9 s vs 0.1 s fwd+bwd at batch 64, measured), the
-        opposite of the wide layers (0.6–1.4 s vs 6.5–10 s).
+        opposite of the wide layers (0.6–1.4 s vs 6.5–10 s). With ``conv_im2col`` too:
+        26 ms for the transposed conv vs 103–175 ms as im2col sub-pixel convs
+        (``benchmarks/conv_grad.py``).
       axis_name: BatchNorm statistics are averaged over this mesh axis (set by the
         data-parallel train step so BN sees the global batch).
     """
@@ -84,8 +86,8 @@ class Generator(nn.Module):
     fast_upsample: bool = True
     sub_pixel_min_features: int = 16
     # Convs as im2col matmuls (same parameters and values): XLA:CPU runs some conv
-    # shapes far below its matmul rate (models/layers.py). With it, every layer
-    # (the one-channel last one too) is a sub-pixel conv.
+    # shapes far below its matmul rate (models/layers.py); here it makes the wide
+    # sub-pixel layers matmuls too (the narrow last one stays a transposed conv).
     conv_im2col: bool | None = None
     axis_name: str | None = None
     dtype: Dtype | None = None

@@ -84,7 +84,7 @@ class SubPixelConvTranspose(nn.Module):
     im2col: bool | None = None
     # With im2col, inputs at least this many pixels on each side share one set of 2×2
     # patches for all four phases (one matmul with 4·features outputs, then each phase
-    # keeps its shifted window): 1.3-1.5x faster at 8² and 16² than four patch sets; at
+    # keeps its shifted window): 1.2-1.5x faster at 8² and 16² than four patch sets; at
     # 4² the (H+1)(W+1)/HW extra positions cost more than that saves
     # (benchmarks/conv_grad.py).
     shared_patches_min_size: int = 8
