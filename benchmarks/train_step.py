@@ -5,7 +5,8 @@
 
 Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32,
 ``[batch, size, size, 1]`` images) for each variant: "plain Flax" (levers off:
-``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, and ours (all on); and, if
+``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, all but one lever
+(leave-one-out), and ours (all on; ``--variants`` keeps a subset); and, if
 ``torch`` imports, the same network in PyTorch eager (NCHW and channels-last).
 Variants run *alternately*, one step each per round, so a noisy neighbour on the
 shared CPU hits all of them alike; the figure is the median over ``--steps``
@@ -18,6 +19,8 @@ Measured on an idle 2-core AMD EPYC (AVX2, no AVX-512; XLA's 2048² fp32 matmul 
                                PyTorch eager 53.1, channels-last 58.3  (ours ÷ eager 1.27)
   ResNet-18, batch 32, 1×128²: ours 16.9, plain Flax 9.4, +conv_im2col only 19.0,
                                PyTorch eager 19.7, channels-last 24.0  (ours ÷ eager 0.86)
+  later, with layers.patch_matmul (15 rounds, 3 variants): ours 17.9, all but
+  fast_maxpool 19.0, all but stem_im2col 16.8, PyTorch eager 18.9, channels-last 24.1
 
 At 64² XLA:CPU ran the 3×3 convs of the 2×2×512 last stage ~50× below its matmul
 rate, which ``conv_im2col`` removes (see models/layers.py).

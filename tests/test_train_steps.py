@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from jaxthyroid import parallel
-from jaxthyroid.models import resnet
+from jaxthyroid.models import layers, resnet, upsample
 from jaxthyroid.train import optim, state as state_lib, steps
 
 F = 6
@@ -44,6 +44,18 @@ class TinyNetNoAxisField(nn.Module):
   def __call__(self, x, *, train: bool):
     x = nn.Conv(8, (3, 3), strides=2, use_bias=False)(x)
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.Dense(F)(nn.relu(x).mean((1, 2)))
+
+
+class TinyNetIm2col(nn.Module):
+  """The im2col layers (custom-VJP ``patch_matmul``, shared sub-pixel patches) under
+  ``shard_map``: replicated kernels, per-device patches."""
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    x = layers.Conv(8, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = upsample.SubPixelConvTranspose(4, im2col=True, shared_patches_min_size=1)(nn.relu(x))
     return nn.Dense(F)(nn.relu(x).mean((1, 2)))
 
 
@@ -96,10 +108,11 @@ def _run(model, mesh, batches, init):
 @pytest.mark.parametrize("make_model", [
     TinyNet,  # ``axis_name`` field
     TinyNetNoAxisField,  # no field: BatchNorm intercepted
+    TinyNetIm2col,  # custom-VJP im2col convs
     pytest.param(lambda: resnet.ResNetTiny(num_classes=F, cross=True),  # ``bn_axis_name``
                  marks=pytest.mark.skipif(not os.environ.get("JAXTHYROID_SLOW_TESTS"),
                                           reason="~100 s on 2 cores; JAXTHYROID_SLOW_TESTS=1")),
-], ids=["axis_name", "no_field", "resnet_tiny"])
+], ids=["axis_name", "no_field", "im2col", "resnet_tiny"])
 def test_eight_devices_equal_one_device(make_model):
   batches = _batches(3)
   model = make_model()

@@ -111,11 +111,31 @@ def _patch_matmul_fwd(patches, kernel):
   return patches @ kernel, (patches, kernel)
 
 
+def _vma(x) -> frozenset:
+  """The manual mesh axes ``x`` varies along inside ``shard_map`` (empty outside):
+  ``manual_axis_type.varying`` in this JAX, ``vma`` in others."""
+  aval = jax.typeof(x)
+  axis_type = getattr(aval, 'manual_axis_type', None)
+  if axis_type is not None:
+    return frozenset(axis_type.varying)
+  return frozenset(getattr(aval, 'vma', None) or ())
+
+
+def _like_primal(cotangent, primal):
+  """Sums a cotangent over the mesh axes it varies along and its primal does not: a
+  replicated kernel used with per-device patches is implicitly ``pvary``-ed, and
+  autodiff transposes that into this ``psum``; a custom VJP must do it itself."""
+  extra = tuple(sorted(_vma(cotangent) - _vma(primal)))
+  return jax.lax.psum(cotangent, extra) if extra else cotangent
+
+
 def _patch_matmul_bwd(residuals, g):
   patches, kernel = residuals
   k, f = kernel.shape
   d_kernel = jnp.einsum('mf,mk->fk', g.reshape(-1, f), patches.reshape(-1, k)).T
-  return g @ kernel.T.astype(g.dtype), d_kernel.astype(kernel.dtype)
+  d_patches = g @ kernel.T.astype(g.dtype)
+  return (_like_primal(d_patches.astype(patches.dtype), patches),
+          _like_primal(d_kernel.astype(kernel.dtype), kernel))
 
 
 patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
