@@ -14,14 +14,17 @@ ResNet-18 on the real images only (the plain phase, 6 epochs) and reports how th
 classifier sees the generated images (agreement with the conditioned finding set,
 Fréchet distance in its penultimate features against the real-vs-real floor).
 
-Measured on an idle 2-core AMD EPYC, cold compilation cache, seed 0 (2026-11-27):
-  348 s wall: DCGAN 48 s (540 steps, 1132 img/s); SRGAN 223 s; generation 13 s;
-  classifier (1/4-width ResNet-18, real images only) 50 s; quality 9 s.
+Measured on an idle 2-core AMD EPYC, cold compilation cache (phantom already built),
+seed 0, 2026-11-27 afternoon (after layers.patch_matmul and RBG GAN init keys):
+  312 s wall: DCGAN 41 s; SRGAN 208 s; generation 11 s; classifier (1/4-width
+  ResNet-18, real images only) 42 s; quality 7 s.
   Each stage resumes after a kill; a finished one is skipped.
 Result: PSNR / SSIM on 200 test images, bicubic 34.69 dB / 0.8624, SRResNet
-  35.27 / 0.8629, SRGAN 34.30 / 0.8536; generated images: classifier agreement
-  0.269 (the same classifier on real test images: 0.467; chance 1/12), Fréchet
-  distance in its 128-d penultimate features 1.917 against 0.258 real-vs-real.
+  35.18 / 0.8625, SRGAN 33.33 / 0.8450; generated images: classifier agreement
+  0.203 (the same classifier on real test images: 0.467; chance 1/12), Fréchet
+  distance in its 128-d penultimate features 4.846 against 0.258 real-vs-real.
+  (The morning's run, other GAN initialisation: SRResNet 35.27, SRGAN 34.30,
+  agreement 0.269, Fréchet 1.917 — one seed moves these numbers this much.)
 """
 
 import ml_collections
