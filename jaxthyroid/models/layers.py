@@ -113,7 +113,7 @@ def _patch_matmul_fwd(patches, kernel):
 
 def _vma(x) -> frozenset:
   """The manual mesh axes ``x`` varies along inside ``shard_map`` (empty outside):
-  ``manual_axis_type.varying`` in this JAX, ``vma`` in others."""
+  ``manual_axis_type.varying`` in JAX 0.10, ``vma`` in other versions."""
   aval = jax.typeof(x)
   axis_type = getattr(aval, 'manual_axis_type', None)
   if axis_type is not None:
