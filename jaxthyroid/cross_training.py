@@ -154,28 +154,22 @@ def make_tx(cfg, name: str, total_steps: int, *, for_restore: bool = False):
         raise ConfigError(f"{name}: {e}") from None
 
 
-init_key = state_lib.init_key  # RBG init keys: fast to compile (see there)
+def _sample(size: int) -> jax.Array:
+    """The init input: one ``[1, size, size, 1]`` image."""
+    return jnp.zeros((1, size, size, 1), jnp.float32)
 
 
-def init_variables(model, key, size: int) -> dict:
+def init_variables(model, key, size: int, mesh=None) -> dict:
     """``{'params', 'batch_stats'}`` of a fresh model for ``[1, size, size, 1]`` images."""
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, size, size, 1), jnp.float32),
-                                             train=False))(key)
-    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+    return state_lib.init_variables(model, key, _sample(size), mesh=mesh)
 
 
 def abstract_state(model, tx, size: int, mesh=None):
     """The TrainState's shapes, dtypes and (replicated) shardings, nothing allocated:
     a template to restore a checkpoint into."""
-
-    def init(key):
-        variables = model.init(key, jnp.zeros((1, size, size, 1), jnp.float32), train=False)
-        return state_lib.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                                           batch_stats=variables.get("batch_stats", {}))
-
     sharding = parallel.replicated(mesh if mesh is not None else parallel.make_mesh(1))
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        jax.eval_shape(init, jax.random.key(0)))
+    shapes = jax.eval_shape(lambda key: state_lib.init_state(model, key, tx, _sample(size)), jax.random.key(0))
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
 
 def graft(phase1_variables: dict, cross_model, *, size: int, key) -> dict:
@@ -241,19 +235,16 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
         log.info("%s: finished earlier (done.json); restored its best checkpoint", name)
         return state, info["history"], info
 
-    state = state_lib.create_train_state(init_key(cfg.seed, PHASES.index(name)), model, tx,
-                                         (1, data.size, data.size, 1), mesh=mesh)
-
-    if initial_variables is not None:
-        # Placed like the fresh state (replicated over the mesh).
-        params = jax.device_put(initial_variables["params"], jax.tree.map(lambda x: x.sharding, state.params))
-        stats = jax.device_put(initial_variables["batch_stats"],
-                               jax.tree.map(lambda x: x.sharding, state.batch_stats))
-        shardings = jax.tree.map(lambda x: x.sharding, state)
-        state = state.replace(params=params, batch_stats=stats, opt_state=state.tx.init(params))
-        # The fresh optimiser state must be placed like the train step's outputs, or
-        # the step compiles a second time after its first call.
-        state = jax.device_put(state, shardings)
+    # Every leaf replicated over the mesh, as the train step's outputs are (placed
+    # otherwise, the step would compile a second time after its first call).
+    mesh_or_one = mesh if mesh is not None else parallel.make_mesh(1)
+    if initial_variables is None:
+        variables = init_variables(model, state_lib.init_key(cfg.seed, PHASES.index(name)), data.size,
+                                   mesh=mesh_or_one)
+    else:
+        variables = jax.device_put(initial_variables, parallel.replicated(mesh_or_one))
+    state = state_lib.state_from_variables(model, tx, variables, mesh=mesh_or_one,
+                                           donate=initial_variables is None)
     train_step, eval_step = steps_lib.make_classifier_steps(model, mesh)
     augment = transforms.AugmentConfig() if cfg.data.augment else None
 
@@ -425,7 +416,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         if model2 is model1:  # same architecture: phase 2 continues phase 1's weights
             start_vars = jax.tree.map(jnp.array, phase1_vars)
         else:
-            start_vars = graft(phase1_vars, model2, size=data.size, key=init_key(cfg.seed, len(PHASES)))
+            start_vars = graft(phase1_vars, model2, size=data.size, key=state_lib.init_key(cfg.seed, len(PHASES)))
         results["graft_check"] = _graft_check(apply1, apply2, phase1_vars, start_vars, data, ebs, mesh)
         results["graft_check"]["phase1_model"] = "cross" if phase_is_cross(cfg, "phase1") else "plain"
         del state1, phase1_vars

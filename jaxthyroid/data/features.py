@@ -108,7 +108,9 @@ class InMemorySource:
     def __init__(self, source):
         self._source = source
         self._records: list = [None] * len(source)
-        self.estimated_mb = _estimated_mb(source)  # decoded size, from the first record
+        # Decoded size, from the first record (decoded once: it stays in the cache).
+        first = self[0] if len(source) else {}
+        self.estimated_mb = sum(np.asarray(v).nbytes for v in first.values()) * len(source) / 2**20
 
     def __len__(self) -> int:
         return len(self._records)
@@ -133,12 +135,6 @@ def _memory_budget_mb() -> float:
         return float(os.environ.get(MEMORY_CACHE_ENV, MEMORY_CACHE_MB))
     except ValueError:
         return float(MEMORY_CACHE_MB)
-
-
-def _estimated_mb(source) -> float:
-    first = source[0] if len(source) else {}
-    per_record = sum(np.asarray(v).nbytes for v in first.values())
-    return per_record * len(source) / 2**20
 
 
 def load_source(dataset_dir, split: str, *, in_memory: bool | None = None):

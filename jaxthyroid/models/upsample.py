@@ -98,7 +98,8 @@ class SubPixelConvTranspose(nn.Module):
         batch, height, width, _ = x.shape
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
-        if layers.use_im2col(self.im2col) and min(height, width) >= self.shared_patches_min_size:
+        im2col = layers.use_im2col(self.im2col)
+        if im2col and min(height, width) >= self.shared_patches_min_size:
             # Phase (a, b) at (p, q) reads the 2×2 window at padded[p + a, q + b]: one
             # patch set over the (H+1)×(W+1) window positions serves all four phases.
             patches = layers.extract_patches(padded, (2, 2), (1, 1), ((0, 0), (0, 0)))
@@ -106,18 +107,18 @@ class SubPixelConvTranspose(nn.Module):
                                  for a in (0, 1) for b in (0, 1)], axis=1)
             z = layers.patch_matmul(patches, kernels.reshape(4 * in_features, 4 * self.features))
             z = z.reshape(batch, height + 1, width + 1, 2, 2, self.features)
-            rows = [jnp.stack([z[:, a : a + height, b : b + width, a, b] for b in (0, 1)], axis=3) for a in (0, 1)]
-            y = jnp.stack(rows, axis=2).reshape(batch, 2 * height, 2 * width, self.features)
-            return y if bias is None else y + bias
 
-        def phase(a: int, b: int) -> jax.Array:  # output pixels (2p + a, 2q + b)
-            window = padded[:, a : a + height + 1, b : b + width + 1, :]
-            if layers.use_im2col(self.im2col):
-                patches = layers.extract_patches(window, (2, 2), (1, 1), ((0, 0), (0, 0)))
-                return layers.patch_matmul(patches, kernel[a::2, b::2].reshape(4 * in_features, self.features))
-            return jax.lax.conv_general_dilated(
-                window, kernel[a::2, b::2], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
-            )
+            def phase(a: int, b: int) -> jax.Array:  # output pixels (2p + a, 2q + b)
+                return z[:, a : a + height, b : b + width, a, b]
+        else:
+            def phase(a: int, b: int) -> jax.Array:  # output pixels (2p + a, 2q + b)
+                window = padded[:, a : a + height + 1, b : b + width + 1, :]
+                if im2col:
+                    patches = layers.extract_patches(window, (2, 2), (1, 1), ((0, 0), (0, 0)))
+                    return layers.patch_matmul(patches, kernel[a::2, b::2].reshape(4 * in_features, self.features))
+                return jax.lax.conv_general_dilated(
+                    window, kernel[a::2, b::2], (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
 
         rows = [jnp.stack([phase(a, 0), phase(a, 1)], axis=3) for a in (0, 1)]  # [batch, H, W, 2(b), C]
         y = jnp.stack(rows, axis=2)  # [batch, H, 2(a), W, 2(b), C]

@@ -27,33 +27,44 @@ def init_key(seed: int, index: int = 0) -> jax.Array:
   return jax.random.key(seed * 1_000 + index, impl="rbg")
 
 
-def init_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation,
-               *inputs: jax.Array, mesh=None) -> TrainState:
-  """``model.init(key, *inputs, train=False)`` and ``tx``'s state, as a :class:`TrainState`.
+def _replicated_over(mesh) -> dict:
+  """``jax.jit`` keywords putting every output leaf replicated over ``mesh`` (none: no
+  placement, outputs stay where JAX puts them, uncommitted)."""
+  return {} if mesh is None else {"out_shardings": parallel.replicated(mesh)}
 
-  Two jitted programs: the model's init depends only on the model and the input
-  shapes, so its program (slow to compile: one RNG per parameter) is reused from the
-  persistent compilation cache by every run of that model; the optimiser's init bakes
-  in its hyper-parameters and is cheap to compile. With a ``mesh`` every leaf is
-  replicated over it, so parameters land where the data-parallel steps want them;
-  without one they stay where JAX puts them (uncommitted).
+
+def init_variables(model: nn.Module, key: jax.Array, *inputs: jax.Array, mesh=None) -> dict:
+  """``{'params', 'batch_stats'}`` of ``model.init(key, *inputs, train=False)``, jitted;
+  ``batch_stats`` is ``{}`` for a model without BatchNorm.
+
+  The program depends only on the model and the input shapes (not on an optimiser),
+  so every run of a model reuses it from the persistent compilation cache: it is slow
+  to compile (one RNG per parameter).
   """
+  variables = jax.jit(lambda key: model.init(key, *inputs, train=False), **_replicated_over(mesh))(key)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
-  def init(key):
-    return model.init(key, *inputs, train=False)
+
+def state_from_variables(model: nn.Module, tx: optax.GradientTransformation, variables: dict, *,
+                         mesh=None, donate: bool = False) -> TrainState:
+  """A :class:`TrainState` at step 0 holding ``variables`` and ``tx``'s fresh state, jitted
+  (the program bakes in the optimiser's hyper-parameters and is cheap to compile); every
+  leaf replicated over ``mesh`` when given. ``donate`` lets it reuse ``variables``' buffers."""
 
   def create(variables):
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}))
 
-  def jit(fn, *args, **kw):
-    if mesh is None:
-      return jax.jit(fn, **kw)
-    sharding = parallel.replicated(mesh)
-    return jax.jit(fn, out_shardings=jax.tree.map(lambda _: sharding, jax.eval_shape(fn, *args)), **kw)
+  return jax.jit(create, donate_argnums=0 if donate else (), **_replicated_over(mesh))(variables)
 
-  variables = jit(init, key)(key)
-  return jit(create, variables, donate_argnums=0)(variables)
+
+def init_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation,
+               *inputs: jax.Array, mesh=None) -> TrainState:
+  """``model.init(key, *inputs, train=False)`` and ``tx``'s state, as a :class:`TrainState`:
+  :func:`init_variables` then :func:`state_from_variables`, two programs so the model's
+  init is shared by every optimiser setting."""
+  return state_from_variables(model, tx, init_variables(model, key, *inputs, mesh=mesh),
+                              mesh=mesh, donate=True)
 
 
 def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTransformation,
