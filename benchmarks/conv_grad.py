@@ -7,7 +7,9 @@ For each layer shape of the DCGAN (batch 64) and ResNet-18 at 128² (batch 32) i
 one jitted program per variant:
 
 * ``xla``: ``lax.conv_general_dilated`` / ``lax.conv_transpose`` (what ``nn.Conv`` /
-  ``nn.ConvTranspose`` run);
+  ``nn.ConvTranspose`` run), compiled as the package compiles (:mod:`jaxthyroid.xla_options`:
+  XLA's own convolutions); ``xla, YNNPACK``: the same with jaxlib's default, which hands
+  convolutions to YNNPACK;
 * ``im2col (autodiff)``: ``extract_patches(x) @ kernel``, gradients as JAX derives them;
 * ``im2col``: the same with :func:`jaxthyroid.models.layers.patch_matmul`, whose weight
   gradient is ``(gᵀ · patches)ᵀ`` (what the models run);
@@ -34,13 +36,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxthyroid import xla_options
 from jaxthyroid.models import layers, upsample
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _time_jax(fn, *args, steps: int) -> float:
-  fn = jax.jit(fn)
+def _time_jax(fn, *args, steps: int, ynn: bool = False) -> float:
+  if ynn:
+    with xla_options.jaxlib_default():
+      fn = xla_options.jit(fn)
+  else:
+    fn = xla_options.jit(fn)
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(steps):
@@ -60,8 +67,9 @@ def _time_torch(fn, steps: int) -> float:
   return 1e3 * statistics.median(times)
 
 
-def _grad_ms(layer, x, k, steps):
-  return _time_jax(jax.grad(lambda k, x: jnp.sum(layer(x, k) ** 2), argnums=(0, 1)), k, x, steps=steps)
+def _grad_ms(layer, x, k, steps, ynn=False):
+  return _time_jax(jax.grad(lambda k, x: jnp.sum(layer(x, k) ** 2), argnums=(0, 1)), k, x,
+                   steps=steps, ynn=ynn)
 
 
 def _conv_variants(stride: int, pad: int):
@@ -166,6 +174,7 @@ def main(argv=None) -> list[dict]:
     row = {"group": group, "layer": f"{name}: {side}², {cin}→{cout}, batch {batch}"}
     for label, fn in variants.items():
       row[label] = _grad_ms(fn, x, kernel, args.steps)
+    row["xla, YNNPACK"] = _grad_ms(variants["xla"], x, kernel, args.steps, ynn=True)
     if not args.no_torch:
       row["torch-cl"] = _torch_ms("up" if stride == "up" else "conv", batch, side, cin, cout, k,
                                   stride, pad, args.steps)

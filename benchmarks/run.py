@@ -192,6 +192,7 @@ def _dcgan_runner(spec: Spec, mesh, data: dict):
   import jax.numpy as jnp
 
   from benchmarks.common import compile_jitted
+  from jaxthyroid import xla_options
   from jaxthyroid.models import dcgan
   from jaxthyroid.train import gan_steps
   dtype = None if spec.dtype == "fp32" else _jnp_dtype(spec.dtype)
@@ -200,7 +201,7 @@ def _dcgan_runner(spec: Spec, mesh, data: dict):
   state = _replicate(gan_steps.create_dcgan_state(G, D, jax.random.key(0, impl="rbg")), mesh)
   # The step is a Python function around a jitted shard_map; jit the whole of it
   # (z sampling included) so it can be lowered and analysed as one program.
-  step = jax.jit(gan_steps.make_dcgan_step(G, D, mesh), donate_argnums=(0,))
+  step = xla_options.jit(gan_steps.make_dcgan_step(G, D, mesh), donate_argnums=(0,))
   batch = _shard({"image": jnp.tanh(jax.random.normal(jax.random.key(1), (spec.batch, spec.size, spec.size, 1)))},
                  mesh)
   key = jax.random.key(2, impl="rbg")
@@ -214,6 +215,7 @@ def _srgan_runner(spec: Spec, mesh, data: dict):
   import jax.numpy as jnp
 
   from benchmarks.common import compile_jitted
+  from jaxthyroid import xla_options
   from jaxthyroid.models import srgan
   from jaxthyroid.train import gan_steps
   dtype = None if spec.dtype == "fp32" else _jnp_dtype(spec.dtype)
@@ -224,7 +226,7 @@ def _srgan_runner(spec: Spec, mesh, data: dict):
                                                   lr_shape=(lr_side, lr_side, 1)), mesh)
   hr = jnp.tanh(jax.random.normal(jax.random.key(1), (spec.batch, spec.size, spec.size, 1)))
   batch = _shard({"lr": hr.reshape(spec.batch, lr_side, 2, lr_side, 2, 1).mean(axis=(2, 4)), "hr": hr}, mesh)
-  step = jax.jit(gan_steps.make_srgan_step(G, D, mesh), donate_argnums=(0,))
+  step = xla_options.jit(gan_steps.make_srgan_step(G, D, mesh), donate_argnums=(0,))
   compiled, info = compile_jitted(step, state, batch)
   return _Stateful(compiled, state, batch), info
 

@@ -60,22 +60,34 @@ def _parse(argv):
 
 # -- JAX ---------------------------------------------------------------------
 
+YNN = ', YNNPACK convs'  # variant-name suffix: compiled with jaxlib's default conv path
+# Each lever's "on" value: conv_im2col=None is im2col only where it pays (layers.im2col_pays).
+ON = {'fast_maxpool': True, 'stem_im2col': True, 'conv_im2col': None}
+
+
 def _jax_variants(args):
-  """name -> model overrides; levers the model lacks are dropped."""
+  """name -> model; levers the model lacks are dropped. Names ending in ``YNN`` are
+  compiled without :mod:`jaxthyroid.xla_options` (convolutions on YNNPACK)."""
   import jax.numpy as jnp
 
   from jaxthyroid.models.registry import get_model
   probe = get_model(args.model, num_classes=args.classes, cross=args.cross)
   have = [f for f in LEVERS if f in {f.name for f in dataclasses.fields(probe)}]
   off = {f: False for f in have}
-  variants = {'ours (levers on)': {f: True for f in have}}
+  on = {f: ON[f] for f in have}
+  variants = {'ours (levers on)': on}
   if not args.only_ours:
     variants['plain Flax (levers off)'] = off
     if len(have) > 1:
       for f in have:
-        variants[f'+{f} only'] = {**off, f: True}
+        variants[f'+{f} only'] = {**off, f: ON[f]}
       for f in have:  # leave-one-out: what each lever adds on top of the others
-        variants[f'all but {f}'] = {**variants['ours (levers on)'], f: False}
+        variants[f'all but {f}'] = {**on, f: False}
+    if 'conv_im2col' in have:
+      variants['every conv im2col'] = {**on, 'conv_im2col': True}
+    variants['plain Flax' + YNN] = off
+    if 'conv_im2col' in have:  # the defaults before jaxthyroid.xla_options
+      variants['every conv im2col' + YNN] = {**on, 'conv_im2col': True}
   keep = set(args.variants.split(',')) if args.variants and not args.only_ours else set(variants)
   if unknown := keep - set(variants):
     raise SystemExit(f"unknown --variants {sorted(unknown)}; known: {', '.join(variants)}")
@@ -125,9 +137,13 @@ def _fallback_step(model, tx, shape):
 
 
 class _JaxRunner:
-  def __init__(self, model, args):
+  def __init__(self, model, args, jaxlib_default=False):
+    import contextlib
+
     import jax
     import numpy as np
+
+    from jaxthyroid import xla_options
     rng = np.random.default_rng(0)
     self.batch = {
         'image': jax.numpy.asarray(rng.uniform(size=(args.batch, args.size, args.size,
@@ -135,7 +151,8 @@ class _JaxRunner:
         'findings': jax.numpy.asarray(
             (rng.uniform(size=(args.batch, args.classes)) < 0.3).astype(np.float32))}
     self.key = jax.random.key(1, impl='rbg')
-    self.state, step, self.source = _make_step(model, args)
+    with xla_options.jaxlib_default() if jaxlib_default else contextlib.nullcontext():
+      self.state, step, self.source = _make_step(model, args)
     t0 = time.perf_counter()
     # Call the compiled executable itself: lower().compile() does not fill jit's cache.
     self.step = step.lower(self.state, self.batch, self.key).compile()
@@ -237,7 +254,7 @@ def main(argv=None) -> dict:
              argparse.Namespace(**{**vars(args), 'size': 32, 'batch': 2}))
   runners = {}
   for name, model in _jax_variants(args).items():
-    runners[name] = _JaxRunner(model, args)
+    runners[name] = _JaxRunner(model, args, jaxlib_default=name.endswith(YNN))
     print(f'# {name}: compiled in {runners[name].compile_s:.1f} s', file=sys.stderr, flush=True)
   if not args.no_torch:
     runners.update(_torch_runners(args))

@@ -51,7 +51,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import metrics as metrics_lib
-from jaxthyroid import parallel, report
+from jaxthyroid import parallel, report, xla_options
 from jaxthyroid.data import transforms
 from jaxthyroid.models import dcgan, srgan
 from jaxthyroid.train import gan_steps
@@ -307,7 +307,7 @@ def _dcgan_template(cfg, key):
 def _sample_fn(generator):
     """Jitted ``(variables, z [B, nz], finding_set [B]) -> images [B, S, S, 1]`` in [-1, 1],
     BatchNorm in inference mode (running statistics)."""
-    return jax.jit(lambda variables, z, ids: generator.apply(variables, z, ids, train=False))
+    return xla_options.jit(lambda variables, z, ids: generator.apply(variables, z, ids, train=False))
 
 
 def _dcgan_images(generator, variables, ids: np.ndarray, key) -> np.ndarray:
@@ -422,7 +422,7 @@ def srgan_models(cfg):
 
 @functools.lru_cache(maxsize=8)
 def _sr_fn(generator):
-    return jax.jit(lambda variables, lr: generator.apply(variables, lr, train=False))
+    return xla_options.jit(lambda variables, lr: generator.apply(variables, lr, train=False))
 
 
 def super_resolve(generator, variables, lr_unit: np.ndarray) -> np.ndarray:
@@ -668,7 +668,7 @@ def classifier_features_fn(model):
         features = captured.get("features", logits)
         return logits, features.reshape(features.shape[0], -1).astype(jnp.float32)
 
-    return jax.jit(apply)
+    return xla_options.jit(apply)
 
 
 def _feature_space(model, variables, sample: np.ndarray) -> str:

@@ -41,7 +41,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import metrics as metrics_lib
-from jaxthyroid import parallel, report
+from jaxthyroid import parallel, report, xla_options
 from jaxthyroid.config import ConfigError
 from jaxthyroid.models import registry, resnet
 from jaxthyroid.train import loop, optim, state as state_lib, steps as steps_lib
@@ -182,7 +182,7 @@ def graft(phase1_variables: dict, cross_model, *, size: int, key) -> dict:
 
 def logits_fn(model):
     """Jitted inference ``(variables, images [B, H, W, 1]) -> logits [B, F]`` (float32)."""
-    return jax.jit(lambda variables, images: model.apply(variables, images, train=False)
+    return xla_options.jit(lambda variables, images: model.apply(variables, images, train=False)
                    .astype(jnp.float32))
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxthyroid.models import dcgan, layers, srgan
+from jaxthyroid.models import dcgan, srgan
 from jaxthyroid.models.upsample import ProjectConvTranspose, SubPixelConvTranspose, pixel_shuffle
 
 
@@ -162,7 +162,7 @@ def test_srresnet_bicubic_skip_starts_at_bicubic_with_the_same_parameters():
 
 @pytest.mark.parametrize("name", ["generator", "discriminator", "srresnet", "sr_discriminator"])
 def test_im2col_convs_change_nothing(name):
-    """``conv_im2col`` (the default) gives the same parameters, outputs and gradients."""
+    """``conv_im2col`` gives the same parameters, outputs and gradients."""
     z, img = jax.random.normal(key(0), (2, 16)), jax.random.normal(key(1), (2, 32, 32, 1))
     model, x = {
         "generator": (dcgan.TinyGenerator(num_classes=12), z),
@@ -172,8 +172,8 @@ def test_im2col_convs_change_nothing(name):
     }[name]
     ids = jnp.array([0, 7])
     extra = (ids,) if name in ("generator", "discriminator") else ()
-    reference = model.clone(conv_im2col=False)
-    assert layers.use_im2col(model.conv_im2col)  # the default on CPU
+    assert model.conv_im2col is None  # the default: im2col where it pays (CPU)
+    model, reference = model.clone(conv_im2col=True), model.clone(conv_im2col=False)
     variables = init(reference, x, *extra, train=False)
     assert (jax.tree.structure(jax.eval_shape(lambda: model.init(key(1), x, *extra, train=False)))
             == jax.tree.structure(variables))

@@ -207,6 +207,27 @@ def test_im2col_conv_equals_conv(kernel_size, strides, pad, bias):
     np.testing.assert_allclose(a, b, atol=1e-4)
 
 
+def test_im2col_where_it_pays():
+  """``conv_im2col=None``: im2col on CPU for few input channels or outputs under 4×4."""
+  assert layers.im2col_pays(1, 64, 64) and layers.im2col_pays(512, 2, 2)
+  assert not layers.im2col_pays(64, 32, 32) and not layers.im2col_pays(512, 4, 4)
+  assert layers.use_im2col(True, 64, 32, 32) and not layers.use_im2col(False, 1, 2, 2)
+  on_cpu = jax.default_backend() == 'cpu'
+  assert layers.use_im2col(None, 512, 2, 2) == on_cpu
+  assert not layers.use_im2col(None, 64, 32, 32)
+
+
+@pytest.mark.parametrize('side', [3, 8])  # 2×2 output (im2col) and 8×8 (XLA's conv)
+def test_auto_conv_equals_conv(side):
+  x = _normal((2, side, side, 8), 16)
+  params = {'kernel': 0.1 * _normal((3, 3, 8, 12), 17), 'bias': _normal((12,), 18)}
+  pad = ((1, 1), (1, 1))
+  ref = nn.Conv(12, (3, 3), (2, 2), padding=pad)
+  auto = layers.conv_cls(None)(12, (3, 3), (2, 2), padding=pad, use_bias=True)
+  y_ref = ref.apply({'params': params}, x)
+  np.testing.assert_allclose(auto.apply({'params': params}, x), y_ref, atol=1e-5)
+
+
 @pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
 def test_patch_matmul_has_the_gradients_of_a_matmul(dtype):
   """The custom VJP only reorders the weight gradient's contraction."""
@@ -228,9 +249,10 @@ def test_patch_matmul_has_the_gradients_of_a_matmul(dtype):
 def test_resnet_levers_change_nothing_but_speed(source):
   x = _images(2)
   cross = dict(cross=source is not None, source=source or 'adapter')
-  fast = _tiny(**cross)
+  default = _tiny(False)
+  assert not default.fast_maxpool and default.stem_im2col and default.conv_im2col is None
+  fast = _tiny(**cross, fast_maxpool=True, conv_im2col=True)  # every lever, every conv as a matmul
   ref = _tiny(**cross, fast_maxpool=False, stem_im2col=False, conv_im2col=False)
-  assert fast.fast_maxpool and fast.stem_im2col and layers.use_im2col(fast.conv_im2col)  # defaults (CPU)
   variables = _random_variables(ref, x)
   assert jax.tree.structure(_shapes(fast, x)) == jax.tree.structure(variables)
 
@@ -285,9 +307,8 @@ def test_dropout_only_in_training():
 def test_baseline_im2col_convs_change_nothing(name):
   size = 64 if name == 'alexnet' else 16
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, size, size, 1)), jnp.float32)
-  fast = get_model(name, num_classes=6, in_channels=1)
+  fast = get_model(name, num_classes=6, in_channels=1, conv_im2col=True)
   ref = get_model(name, num_classes=6, in_channels=1, conv_im2col=False)
-  assert layers.use_im2col(fast.conv_im2col)
   variables = jax.jit(lambda k: ref.init({'params': k, 'dropout': k}, x, train=False))(RBG_KEY)
   assert (jax.tree.structure(jax.eval_shape(
       lambda: fast.init({'params': KEY, 'dropout': KEY}, x, train=False)))

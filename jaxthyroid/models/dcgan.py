@@ -125,7 +125,7 @@ class Generator(nn.Module):
             out = self.channels if last else features // 2 ** (i + 1)
             if self.fast_upsample and out >= self.sub_pixel_min_features:
                 x = SubPixelConvTranspose(out, dtype=self.dtype, param_dtype=self.param_dtype,
-                                          im2col=layers.use_im2col(self.conv_im2col), name=f"up{i}")(x)
+                                          im2col=self.conv_im2col, name=f"up{i}")(x)
             else:  # PyTorch ConvTranspose2d(k=4, s=2, p=1) == lax padding k-1-p = 2 each side
                 x = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False,
                                      kernel_init=dcgan_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,

@@ -8,18 +8,22 @@ values and gradients); it exists because XLA:CPU runs the standard form slowly
   ``nn.max_pool``'s gradient lowers to select-and-scatter, which XLA:CPU runs
   ~4× slower than the gradient of ``maximum`` (135 ms vs 30 ms for ResNet-18's
   pool at batch 32, 128²).
-* ``Im2colConv``: a convolution as one matmul over extracted patches. XLA:CPU's
-  convolution runs some shapes pathologically slowly: the weight gradient of a conv
-  on few input channels (the 7×7 stem on one channel) at ~32 GFLOP/s, and on an AMD
-  EPYC (AVX2) dev machine a 3×3 conv on a 2×2 map with 512 channels (ResNet-18's
-  last stage at 64²) at ~1.4 GFLOP/s: 834 ms forward+backward at batch 32 against
-  17 ms as a matmul. It holds the same parameters as ``nn.Conv`` (``kernel``
-  ``[kh, kw, C, F]``, optional ``bias``), so checkpoints are interchangeable.
+* ``Im2colConv``: a convolution as one matmul over extracted patches, where that
+  pays (:func:`im2col_pays`). XLA:CPU's own convolution (what the package compiles,
+  see ``jaxthyroid/xla_options.py``) runs most ResNet shapes at 100–140 GFLOP/s on
+  the 2-core AMD EPYC (AVX2) dev machine, faster than im2col, but two kinds
+  pathologically slowly: convs on few input channels (the 7×7 stem on one channel,
+  the DCGAN discriminator's first layer: 42 ms forward+backward vs 14 ms as a
+  matmul) and convs whose output map is smaller than 4×4 (ResNet-18's last stage at
+  64²: a 3×3 conv on 2×2×512 at ~2 GFLOP/s, 825 ms vs 14 ms as a matmul at batch 32).
+  It holds the same parameters as ``nn.Conv`` (``kernel`` ``[kh, kw, C, F]``,
+  optional ``bias``), so checkpoints are interchangeable.
 * ``adaptive_avg_pool``: torchvision's ``AdaptiveAvgPool2d`` bin rule (also for
   outputs larger than the input, where it replicates), as two small matmuls.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -142,7 +146,8 @@ patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
 class Im2colConv(nn.Module):
-  """A convolution computed as patches @ kernel (+ bias).
+  """A convolution computed as patches @ kernel (+ bias), or where that does not pay
+  (``im2col=None``) as XLA's convolution.
 
   Parameters identical to ``nn.Conv(features, kernel_size, strides, padding,
   use_bias=...)``: ``kernel`` ``[kh, kw, C, features]`` and, with ``use_bias``,
@@ -157,6 +162,8 @@ class Im2colConv(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Any = nn.initializers.lecun_normal()
   bias_init: Any = nn.initializers.zeros
+  # True: always patches @ kernel; None: decided per call by use_im2col.
+  im2col: bool | None = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -168,23 +175,48 @@ class Im2colConv(nn.Module):
     bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
             if self.use_bias else None)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
-    y = patch_matmul(patches, kernel.reshape(kh * kw * c, self.features))
+    (pt, pb), (pl, pr) = self.padding
+    out_h = (x.shape[1] + pt + pb - kh) // self.strides[0] + 1
+    out_w = (x.shape[2] + pl + pr - kw) // self.strides[1] + 1
+    if use_im2col(self.im2col, c, out_h, out_w):
+      patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
+      y = patch_matmul(patches, kernel.reshape(kh * kw * c, self.features))
+    else:
+      y = lax.conv_general_dilated(x, kernel, self.strides, self.padding,
+                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return y if bias is None else y + bias
 
 
-def use_im2col(flag: bool | None) -> bool:
-  """A model's ``conv_im2col`` setting: ``None`` (the default) means on for the CPU
-  backend, where it is measured faster, and off on GPU/TPU, where the convolution
-  libraries are the fast path."""
-  return jax.default_backend() == 'cpu' if flag is None else bool(flag)
+# Where im2col beats XLA:CPU's convolution (forward+backward, ``python -m
+# benchmarks.conv_grad`` and the per-shape table in docs/benchmarks.md): on at most this
+# many input channels, or for output maps smaller than this on a side.
+IM2COL_MAX_IN_CHANNELS = 4
+IM2COL_BELOW_OUTPUT_SIDE = 4
+
+
+def im2col_pays(in_channels: int, out_height: int, out_width: int) -> bool:
+  """Whether a conv computes faster as im2col on XLA:CPU (see the module doc)."""
+  return (in_channels <= IM2COL_MAX_IN_CHANNELS
+          or min(out_height, out_width) < IM2COL_BELOW_OUTPUT_SIDE)
+
+
+def use_im2col(flag: bool | None, in_channels: int, out_height: int, out_width: int) -> bool:
+  """One conv's form for a model's ``conv_im2col`` setting: True / False as given;
+  ``None`` (the default) on the CPU backend where :func:`im2col_pays`, and never on
+  GPU/TPU, where the convolution libraries are the fast path."""
+  if flag is None:
+    return jax.default_backend() == 'cpu' and im2col_pays(in_channels, out_height, out_width)
+  return bool(flag)
 
 
 def conv_cls(im2col: bool | None):
-  """The conv module for a model's ``conv_im2col`` setting: :class:`Conv` (im2col,
-  auto-named like ``nn.Conv``) or ``nn.Conv``; both take ``nn.Conv``'s arguments with
-  explicit padding and hold the same parameters."""
-  return Conv if use_im2col(im2col) else nn.Conv
+  """The conv module for a model's ``conv_im2col`` setting: ``nn.Conv`` for False, else
+  :class:`Conv` (auto-named like ``nn.Conv``) with ``im2col`` set to it (True: always
+  a matmul; None: per conv, see :func:`use_im2col`). Each takes ``nn.Conv``'s arguments
+  with explicit padding and holds the same parameters."""
+  if im2col is None or im2col:
+    return functools.partial(Conv, im2col=im2col)
+  return nn.Conv
 
 
 def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:

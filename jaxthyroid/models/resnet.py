@@ -26,9 +26,10 @@ computes, and ``graft_plain_into_cross`` turns a trained plain model into a cros
 model with the same outputs. Outside ``cross_term`` the parameter paths of the
 cross model equal the plain model's (blocks and layers are named explicitly).
 
-Speed levers (XLA:CPU, DESIGN §6; both give the same values as the standard op):
-``fast_maxpool`` (max-pool as 9 strided slices) and ``stem_im2col`` (the 7×7 stem
-as one matmul); see ``layers.py``.
+Speed levers (XLA:CPU, DESIGN §6; each gives the same values as the standard op):
+``stem_im2col`` (the 7×7 stem as one matmul), ``conv_im2col`` (other convs as matmuls
+where that pays) and ``fast_maxpool`` (max-pool as 9 strided slices; off by default);
+see ``layers.py``.
 """
 from __future__ import annotations
 
@@ -125,7 +126,7 @@ class CrossAdapter(nn.Module):
   act: Callable = nn.relu
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  im2col: bool = False  # convs as layers.Im2colConv (same parameters)
+  im2col: bool | None = False  # the ResNet's conv_im2col (layers.conv_cls)
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -150,7 +151,7 @@ class ImageCrossTerm(nn.Module):
   act: Callable = nn.relu
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  im2col: bool = False  # convs as layers.Im2colConv (same parameters)
+  im2col: bool | None = False  # the ResNet's conv_im2col (layers.conv_cls)
 
   @nn.compact
   def __call__(self, image: jax.Array, height: int, width: int) -> jax.Array:
@@ -183,7 +184,7 @@ class CrossBasicBlock(BasicBlock):
   cross_source: str = 'adapter'
   cross_reduction: int = 4
   cross_param_dtype: Dtype = jnp.float32
-  cross_im2col: bool = False
+  cross_im2col: bool | None = False
 
   @nn.compact
   def __call__(self, x: jax.Array, image: jax.Array | None = None) -> jax.Array:
@@ -196,7 +197,7 @@ class CrossBottleneckBlock(BottleneckBlock):
   cross_source: str = 'adapter'
   cross_reduction: int = 4
   cross_param_dtype: Dtype = jnp.float32
-  cross_im2col: bool = False
+  cross_im2col: bool | None = False
 
   @nn.compact
   def __call__(self, x: jax.Array, image: jax.Array | None = None) -> jax.Array:
@@ -234,18 +235,21 @@ class ResNet(nn.Module):
   cross: bool = False
   cross_source: str = 'adapter'
   cross_reduction: int = 4
-  # XLA:CPU computes nn.max_pool's gradient by select-and-scatter, ~4x slower than
-  # the gradient of a running maximum over 9 strided slices (same values).
-  fast_maxpool: bool = True
+  # Max-pool as a running maximum over 9 strided slices (same values). Alone its
+  # gradient is ~3.5x faster than nn.max_pool's select-and-scatter on XLA:CPU (66 vs
+  # 230 ms at 64²×64, batch 32), but inside the whole train step, with XLA's own
+  # convolutions (jaxthyroid.xla_options), the step is ~7% slower with it (1356 vs
+  # 1262 ms at 128², 382 vs 336 ms at 64²; benchmarks/train_step.py), so it is off.
+  fast_maxpool: bool = False
   # The 7×7 stem on 1–3 channels has a weight gradient XLA:CPU runs at ~32 GFLOP/s;
   # as an im2col matmul it is faster on CPU (same parameter). Measured in
   # benchmarks/train_step.py.
   stem_im2col: bool = True
-  # Every other conv as an im2col matmul too: XLA:CPU runs some conv shapes far below
-  # its matmul rate (a 3×3 conv on ResNet-18's 2×2 last stage at 64²: ~50× slower
-  # forward+backward; the 32×32 first stage at 128²: ~3×). Same parameters and values
-  # (tests/test_models.py); measured in benchmarks/train_step.py. None (default): on
-  # for the CPU backend, off on GPU/TPU, where cuDNN/XLA convolutions are the fast path.
+  # Other convs as im2col matmuls: True all, False none, None (default) where it pays
+  # on the CPU backend (layers.im2col_pays: output maps under 4×4, i.e. ResNet-18's last
+  # stage at 64², where XLA:CPU's conv is ~60× slower forward+backward) and none on
+  # GPU/TPU, where cuDNN/XLA convolutions are the fast path. Same parameters and values
+  # (tests/test_models.py); measured in benchmarks/train_step.py.
   conv_im2col: bool | None = None
 
   @nn.compact
@@ -269,7 +273,7 @@ class ResNet(nn.Module):
     block_cls = CROSS_BLOCKS.get(self.block_cls, self.block_cls) if self.cross else self.block_cls
     cross_fields = (dict(cross_source=self.cross_source, cross_reduction=self.cross_reduction,
                          cross_param_dtype=self.param_dtype,
-                         cross_im2col=layers.use_im2col(self.conv_im2col)) if self.cross else {})
+                         cross_im2col=self.conv_im2col) if self.cross else {})
     for i, num_blocks in enumerate(self.stage_sizes):
       for j in range(num_blocks):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)

@@ -79,8 +79,10 @@ class SubPixelConvTranspose(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    # Each 2×2 phase conv as an im2col matmul (layers.extract_patches): XLA:CPU's
-    # convolutions run some shapes far below its matmul rate (see models/layers.py).
+    # Each 2×2 phase conv as an im2col matmul (layers.extract_patches): True always,
+    # None where layers.im2col_pays (few input channels, maps under 4×4, CPU only).
+    # XLA:CPU's own 2×2 convs are faster at the DCGAN's wide layers (129-173 vs
+    # 168-183 ms fwd+bwd as shared-patch matmuls, benchmarks/conv_grad.py).
     im2col: bool | None = None
     # With im2col, inputs at least this many pixels on each side share one set of 2×2
     # patches for all four phases (one matmul with 4·features outputs, then each phase
@@ -98,7 +100,7 @@ class SubPixelConvTranspose(nn.Module):
         batch, height, width, _ = x.shape
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
-        im2col = layers.use_im2col(self.im2col)
+        im2col = layers.use_im2col(self.im2col, in_features, height, width)
         if im2col and min(height, width) >= self.shared_patches_min_size:
             # Phase (a, b) at (p, q) reads the 2×2 window at padded[p + a, q + b]: one
             # patch set over the (H+1)×(W+1) window positions serves all four phases.

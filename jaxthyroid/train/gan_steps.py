@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec as P
 
+from jaxthyroid import xla_options
 from jaxthyroid.parallel import DATA_AXIS
 from jaxthyroid.train.gan_losses import FeatureFn, content_loss, discriminator_loss, generator_loss, mse_loss
 from jaxthyroid.train import state as state_lib
@@ -110,7 +111,7 @@ def _data_parallel(per_device: Callable, mesh, num_replicated: int, num_sharded:
     if mesh is not None:
         in_specs = (P(),) * num_replicated + (P(DATA_AXIS),) * num_sharded
         per_device = jax.shard_map(per_device, mesh=mesh, in_specs=in_specs, out_specs=(P(), P()))
-    return jax.jit(per_device, donate_argnums=(0,) if donate else ())
+    return xla_options.jit(per_device, donate_argnums=(0,) if donate else ())
 
 
 def _pmean(x, axis_name):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from flax.training import train_state
 
-from jaxthyroid import parallel
+from jaxthyroid import parallel, xla_options
 
 
 class TrainState(train_state.TrainState):
@@ -41,7 +41,7 @@ def init_variables(model: nn.Module, key: jax.Array, *inputs: jax.Array, mesh=No
   so every run of a model reuses it from the persistent compilation cache: it is slow
   to compile (one RNG per parameter).
   """
-  variables = jax.jit(lambda key: model.init(key, *inputs, train=False), **_replicated_over(mesh))(key)
+  variables = xla_options.jit(lambda key: model.init(key, *inputs, train=False), **_replicated_over(mesh))(key)
   return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
@@ -55,7 +55,7 @@ def state_from_variables(model: nn.Module, tx: optax.GradientTransformation, var
     return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                              batch_stats=variables.get("batch_stats", {}))
 
-  return jax.jit(create, donate_argnums=0 if donate else (), **_replicated_over(mesh))(variables)
+  return xla_options.jit(create, donate_argnums=0 if donate else (), **_replicated_over(mesh))(variables)
 
 
 def init_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformation,

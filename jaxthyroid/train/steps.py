@@ -37,6 +37,7 @@ import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from jaxthyroid import xla_options
 from jaxthyroid.parallel import DATA_AXIS
 from jaxthyroid.train.state import TrainState
 
@@ -195,8 +196,8 @@ def make_classifier_steps(model: nn.Module, mesh=None, *, donate: bool = True,
         eval_per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
         out_specs={"logits": P(DATA_AXIS), "loss_sum": P(), "count": P()}, check_vma=True)
 
-  train_jit = jax.jit(train_per_device, donate_argnums=(0,) if donate else ())
-  eval_jit = jax.jit(eval_per_device)
+  train_jit = xla_options.jit(train_per_device, donate_argnums=(0,) if donate else ())
+  eval_jit = xla_options.jit(eval_per_device)
 
   def select_train(batch):
     return {k: batch[k] for k in TRAIN_KEYS}
