@@ -2,7 +2,8 @@
 
     python -m benchmarks.conv_grad [--steps 11] [--only dcgan_d,dcgan_g,resnet18,dw] [--json FILE]
 
-For each layer shape of the DCGAN (batch 64) and ResNet-18 at 128² (batch 32) it times
+For each layer shape of the DCGAN (batch 64) and ResNet-18 at 128² (batch 32; and its
+last stage at 64², where the output maps are 2×2) it times
 ``grad(sum(layer(x)²))`` with respect to input and kernel (median of ``--steps``),
 one jitted program per variant:
 
@@ -13,8 +14,9 @@ one jitted program per variant:
 * ``im2col (autodiff)``: ``extract_patches(x) @ kernel``, gradients as JAX derives them;
 * ``im2col``: the same with :func:`jaxthyroid.models.layers.patch_matmul`, whose weight
   gradient is ``(gᵀ · patches)ᵀ`` (what the models run);
-* generator layers: :class:`~jaxthyroid.models.upsample.SubPixelConvTranspose` with
-  four patch sets (per phase) and with one shared patch set;
+* generator layers: :class:`~jaxthyroid.models.upsample.SubPixelConvTranspose` as four
+  XLA 2×2 convs (what the DCGAN runs by default), with four patch sets (per phase) and
+  with one shared patch set;
 * ``torch-cl``: PyTorch eager, channels-last (when torch is installed).
 
 ``dw`` times the weight gradient's matmul alone in both contraction orders (alone they
@@ -92,14 +94,15 @@ def _up_variants():
   def xla(x, k):
     return lax.conv_transpose(x, k, (2, 2), ((2, 2), (2, 2)), dimension_numbers=NHWC)
 
-  def sub_pixel(shared_min):
-    module = upsample.SubPixelConvTranspose(1, im2col=True, shared_patches_min_size=shared_min)
+  def sub_pixel(shared_min, im2col=True):
+    module = upsample.SubPixelConvTranspose(1, im2col=im2col, shared_patches_min_size=shared_min)
 
     def apply(x, k):
       return module.clone(features=k.shape[-1]).apply({"params": {"kernel": k}}, x)
     return apply
 
-  return {"xla": xla, "sub-pixel, per-phase patches": sub_pixel(10**9),
+  return {"xla": xla, "sub-pixel, XLA convs": sub_pixel(10**9, im2col=False),
+          "sub-pixel, per-phase patches": sub_pixel(10**9),
           "sub-pixel, shared patches": sub_pixel(1)}
 
 
@@ -137,6 +140,8 @@ LAYERS = [
     ("resnet18", "layer2 3×3", 32, 16, 128, 128, 3, 1, 1),
     ("resnet18", "layer3 3×3", 32, 8, 256, 256, 3, 1, 1),
     ("resnet18", "layer4 3×3", 32, 4, 512, 512, 3, 1, 1),
+    ("resnet18", "at 64²: layer4 3×3/2", 32, 4, 256, 512, 3, 2, 1),
+    ("resnet18", "at 64²: layer4 3×3", 32, 2, 512, 512, 3, 1, 1),
 ]
 
 

@@ -4,26 +4,28 @@
     python -m benchmarks.train_step --xla-flags="--xla_cpu_use_onednn=true" --json out.json
 
 Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32,
-``[batch, size, size, 1]`` images) for each variant: "plain Flax" (levers off:
-``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, all but one lever
-(leave-one-out), and ours (all on; ``--variants`` keeps a subset); and, if
-``torch`` imports, the same network in PyTorch eager (NCHW and channels-last).
-Variants run *alternately*, one step each per round, so a noisy neighbour on the
-shared CPU hits all of them alike; the figure is the median over ``--steps``
-rounds after warm-up. Compile time is ``lower + compile`` of the jitted step.
+``[batch, size, size, 1]`` images) for each variant: "ours" (the model's defaults:
+``stem_im2col``, ``conv_im2col=None`` = im2col only where it pays), "plain Flax" (levers
+off: ``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, all but one lever
+(leave-one-out), every conv as im2col, and two variants compiled with jaxlib's default
+conv path (``, YNNPACK convs``: without :mod:`jaxthyroid.xla_options`); ``--variants``
+keeps a subset. If ``torch`` imports, the same network in PyTorch eager (NCHW and
+channels-last). Variants run *alternately*, one step each per round, so a noisy
+neighbour on the shared CPU hits all of them alike; the figure is the median over
+``--steps`` rounds after warm-up. Compile time is ``lower + compile`` of the jitted step.
 
-Measured on an idle 2-core AMD EPYC (AVX2, no AVX-512; XLA's 2048² fp32 matmul at
-~111 GFLOP/s), 2026-11-27, median of 5 alternating rounds, images/s:
+Measured on an idle 2-core AMD EPYC (AVX2, no AVX-512), 2026-11-27 afternoon, ResNet-18,
+batch 32, 1×128², images/s (median of 10 alternating rounds; ratio to PyTorch eager):
 
-  ResNet-18, batch 32, 1×64²:  ours 67.2, plain Flax 10.2, +conv_im2col only 56.0,
-                               PyTorch eager 53.1, channels-last 58.3  (ours ÷ eager 1.27)
-  ResNet-18, batch 32, 1×128²: ours 16.9, plain Flax 9.4, +conv_im2col only 19.0,
-                               PyTorch eager 19.7, channels-last 24.0  (ours ÷ eager 0.86)
-  later, with layers.patch_matmul (15 rounds, 3 variants): ours 17.9, all but
-  fast_maxpool 19.0, all but stem_im2col 16.8, PyTorch eager 18.9, channels-last 24.1
+  ours 24.2 (1.22), plain Flax 26.3 (1.33), every conv im2col 18.4 (0.93),
+  plain Flax with YNNPACK convs 9.0 (0.45), every conv im2col with YNNPACK convs 18.1
+  (0.91: what the package ran before xla_options), PyTorch eager 19.8, channels-last 24.7.
+  20 rounds, 3 variants: ours 25.8 (1.19) and plain Flax 25.9 vs eager 21.7, CL 25.4
+  (that run's "ours" with fast_maxpool on: 23.9, which is why it is now off).
 
-At 64² XLA:CPU ran the 3×3 convs of the 2×2×512 last stage ~50× below its matmul
-rate, which ``conv_im2col`` removes (see models/layers.py).
+The levers' differences at 128² are within the noise once XLA runs its own convolutions;
+at 64² ``conv_im2col`` still matters: XLA:CPU runs the 3×3 convs of the 2×2×512 last stage
+~60× below its matmul rate (plain Flax 11.0 img/s, ours 72–78, eager 55).
 """
 from __future__ import annotations
 
@@ -101,39 +103,12 @@ def _make_step(model, args):
   import optax
   tx = optax.sgd(0.01, momentum=0.9)
   shape = (1, args.size, args.size, args.channels)
-  try:
-    from jaxthyroid.train.state import create_train_state
-    from jaxthyroid.train.steps import make_classifier_steps
-  except ImportError:
-    return _fallback_step(model, tx, shape) + ('local fallback',)
+  from jaxthyroid.train.state import create_train_state
+  from jaxthyroid.train.steps import make_classifier_steps
   # 'rbg' keys: XLA:CPU compiles threefry for every parameter slowly; init is not timed.
   state = create_train_state(jax.random.key(0, impl='rbg'), model, tx, shape)
   train_step, _ = make_classifier_steps(model, None, donate=True)
   return state, train_step, 'jaxthyroid.train.steps'
-
-
-def _fallback_step(model, tx, shape):
-  """LOCAL FALLBACK while jaxthyroid.train is missing: jit(value_and_grad) + optax."""
-  import jax
-  import jax.numpy as jnp
-  import optax
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros(shape), train=False))(
-      jax.random.key(0, impl='rbg'))
-  state = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {}),
-           'opt_state': tx.init(variables['params'])}
-
-  def step(state, batch, key):
-    def loss_fn(params):
-      logits, updates = model.apply({'params': params, 'batch_stats': state['batch_stats']},
-                                    batch['image'], train=True, mutable=['batch_stats'],
-                                    rngs={'dropout': key})
-      loss = optax.sigmoid_binary_cross_entropy(logits, batch['findings']).mean()
-      return loss, updates['batch_stats']
-    (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'])
-    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
-    return ({'params': optax.apply_updates(state['params'], updates), 'batch_stats': stats,
-             'opt_state': opt_state}, {'loss': loss})
-  return state, jax.jit(step, donate_argnums=0)
 
 
 class _JaxRunner:

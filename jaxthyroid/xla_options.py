@@ -75,8 +75,30 @@ def jaxlib_default():
 
 
 def jit(fun: Callable, **kwargs: Any):
-  """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` (if any) added."""
+  """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` (if any) added.
+
+  JAX accepts compiler options only on a top-level ``jit``; called while tracing
+  (inside another ``jit``, ``eval_shape``, ``grad``...) this runs a plain ``jit`` of
+  ``fun``, whose code the outer program then compiles with the outer options.
+  """
   options = compiler_options() if _use else None
-  if options:
-    kwargs["compiler_options"] = {**options, **(kwargs.get("compiler_options") or {})}
-  return jax.jit(fun, **kwargs)
+  if not options:
+    return jax.jit(fun, **kwargs)
+  return _Jitted(fun, kwargs, {**options, **(kwargs.pop("compiler_options", None) or {})})
+
+
+class _Jitted:
+  """A top-level ``jit`` with compiler options, and a plain one for nested calls."""
+
+  def __init__(self, fun: Callable, kwargs: dict, options: dict):
+    self._top = jax.jit(fun, compiler_options=options, **kwargs)
+    self._nested = jax.jit(fun, **kwargs)
+    functools.update_wrapper(self, fun)
+
+  def __call__(self, *args, **kwargs):
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
+      return self._nested(*args, **kwargs)
+    return self._top(*args, **kwargs)
+
+  def __getattr__(self, name: str):  # lower, trace, eval_shape, ... of the top-level jit
+    return getattr(self._top, name)

@@ -46,3 +46,14 @@ def test_the_users_xla_flags_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "")
     monkeypatch.setenv(xla_options.ENV, "1")
     assert xla_options.compiler_options.__wrapped__() is None
+
+
+def test_nested_calls_run_a_plain_jit():
+    """JAX refuses compiler options on a nested jit; under a trace :func:`jit` drops them."""
+    x, k = _inputs()
+    inner = xla_options.jit(_conv_grad)
+    outer = xla_options.jit(lambda x, k: inner(x, k))
+    shapes = jax.eval_shape(inner, x, k)
+    for a, b, s in zip(outer(x, k), inner(x, k), shapes):
+        assert a.shape == b.shape == s.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
