@@ -8,7 +8,7 @@ Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32,
 ``stem_im2col``, ``conv_im2col=None`` = im2col only where it pays), "plain Flax" (levers
 off: ``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, all but one lever
 (leave-one-out), every conv as im2col, and two variants compiled with jaxlib's default
-conv path (``, YNNPACK convs``: without :mod:`jaxthyroid.xla_options`); ``--variants``
+conv path (``with YNNPACK convs``: without :mod:`jaxthyroid.xla_options`); ``--variants``
 keeps a subset. If ``torch`` imports, the same network in PyTorch eager (NCHW and
 channels-last). Variants run *alternately*, one step each per round, so a noisy
 neighbour on the shared CPU hits all of them alike; the figure is the median over
@@ -62,7 +62,7 @@ def _parse(argv):
 
 # -- JAX ---------------------------------------------------------------------
 
-YNN = ', YNNPACK convs'  # variant-name suffix: compiled with jaxlib's default conv path
+YNN = ' with YNNPACK convs'  # variant-name suffix: compiled with jaxlib's default conv path
 # Each lever's "on" value: conv_im2col=None is im2col only where it pays (layers.im2col_pays).
 ON = {'fast_maxpool': True, 'stem_im2col': True, 'conv_im2col': None}
 
