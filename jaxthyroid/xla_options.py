@@ -84,7 +84,8 @@ def jit(fun: Callable, **kwargs: Any):
   options = compiler_options() if _use else None
   if not options:
     return jax.jit(fun, **kwargs)
-  return _Jitted(fun, kwargs, {**options, **(kwargs.pop("compiler_options", None) or {})})
+  own = kwargs.pop("compiler_options", None) or {}
+  return _Jitted(fun, kwargs, {**options, **own})
 
 
 class _Jitted:

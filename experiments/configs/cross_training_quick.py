@@ -12,8 +12,8 @@ the same total number of epochs is the control.
 
 Size: 960 train / 192 val / 384 test images (~25 % cross-feature); phase 1 5 epochs,
 phase 2 3 epochs, control 8 epochs (435 optimiser steps of 32 in all).
-Measured runtime (idle 2-core AMD EPYC, 2026-11-27): 468 s wall with a cold
-compilation cache, 360 s warm (data set already built; building it adds ~15 s).
+Measured runtime (idle 2-core AMD EPYC, 2026-11-27 afternoon): 286 s wall with a cold
+compilation cache, 242 s warm (data set already built; building it adds ~15 s).
 A killed run resumes when the same command is rerun (finished phases are skipped).
 Expected result: the closing table printed at the end and results.json; the
 numbers measured on this machine are quoted in README.md.

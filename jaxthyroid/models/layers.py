@@ -6,8 +6,9 @@ values and gradients); it exists because XLA:CPU runs the standard form slowly
 
 * ``max_pool_slices``: max-pool as a running maximum over ``k*k`` strided slices.
   ``nn.max_pool``'s gradient lowers to select-and-scatter, which XLA:CPU runs
-  ~4× slower than the gradient of ``maximum`` (135 ms vs 30 ms for ResNet-18's
-  pool at batch 32, 128²).
+  ~3.5× slower than the gradient of ``maximum`` alone (230 vs 66 ms at 64²×64, batch
+  32) — yet a whole ResNet train step measured slower with it, so the ResNets leave
+  it off by default (``fast_maxpool``).
 * ``Im2colConv``: a convolution as one matmul over extracted patches, where that
   pays (:func:`im2col_pays`). XLA:CPU's own convolution (what the package compiles,
   see ``jaxthyroid/xla_options.py``) runs most ResNet shapes at 100–140 GFLOP/s on
