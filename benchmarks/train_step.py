@@ -5,9 +5,10 @@
 
 Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32,
 ``[batch, size, size, 1]`` images) for each variant: "ours" (the model's defaults:
-``stem_im2col``, ``conv_im2col=None`` = im2col only where it pays), "plain Flax" (levers
-off: ``nn.max_pool``, ``nn.Conv`` stem and body), each lever alone, all but one lever
-(leave-one-out), every conv as im2col, and two variants compiled with jaxlib's default
+``stem_im2col``, ``conv_im2col=None`` = im2col only where it pays, ``fast_maxpool`` off),
+all levers on (``fast_maxpool`` too), "plain Flax" (levers off: ``nn.max_pool``,
+``nn.Conv`` stem and body), each lever alone, all but one lever (leave-one-out, from all
+levers on), every conv as im2col, and two variants compiled with jaxlib's default
 conv path (``with YNNPACK convs``: without :mod:`jaxthyroid.xla_options`); ``--variants``
 keeps a subset. If ``torch`` imports, the same network in PyTorch eager (NCHW and
 channels-last). Variants run *alternately*, one step each per round, so a noisy
@@ -17,15 +18,15 @@ neighbour on the shared CPU hits all of them alike; the figure is the median ove
 Measured on an idle 2-core AMD EPYC (AVX2, no AVX-512), 2026-11-27 afternoon, ResNet-18,
 batch 32, 1×128², images/s (median of 10 alternating rounds; ratio to PyTorch eager):
 
-  ours 24.2 (1.22), plain Flax 26.3 (1.33), every conv im2col 18.4 (0.93),
+  all levers on 24.2 (1.22), plain Flax 26.3 (1.33), every conv im2col 18.4 (0.93),
   plain Flax with YNNPACK convs 9.0 (0.45), every conv im2col with YNNPACK convs 18.1
   (0.91: what the package ran before xla_options), PyTorch eager 19.8, channels-last 24.7.
-  20 rounds, 3 variants: ours 25.8 (1.19) and plain Flax 25.9 vs eager 21.7, CL 25.4
-  (that run's "ours" with fast_maxpool on: 23.9, which is why it is now off).
+  20 rounds, 3 variants: the defaults ("all but fast_maxpool" then) 25.8 (1.19) and plain
+  Flax 25.9 vs all levers on 23.9, eager 21.7, CL 25.4 — why fast_maxpool is now off.
 
 The levers' differences at 128² are within the noise once XLA runs its own convolutions;
 at 64² ``conv_im2col`` still matters: XLA:CPU runs the 3×3 convs of the 2×2×512 last stage
-~60× below its matmul rate (plain Flax 11.0 img/s, ours 72–78, eager 55).
+~60× below its matmul rate (plain Flax 11.0 img/s, all levers on 72–92, eager 54–55).
 """
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ def _parse(argv):
   ap.add_argument('--no-torch', action='store_true')
   ap.add_argument('--only-ours', action='store_true', help='skip the lever ablation')
   ap.add_argument('--variants', default=None,
-                  help="comma-separated variant names to keep (e.g. 'ours (levers on),all but fast_maxpool')")
+                  help="comma-separated variant names to keep (e.g. 'ours (defaults),all levers on')")
   ap.add_argument('--xla-flags', default=None,
                   help='appended to XLA_FLAGS before JAX starts (e.g. --xla_cpu_use_onednn=true)')
   ap.add_argument('--json', default=None, help='write the results here')
@@ -77,8 +78,9 @@ def _jax_variants(args):
   have = [f for f in LEVERS if f in {f.name for f in dataclasses.fields(probe)}]
   off = {f: False for f in have}
   on = {f: ON[f] for f in have}
-  variants = {'ours (levers on)': on}
+  variants = {'ours (defaults)': {}}
   if not args.only_ours:
+    variants['all levers on'] = on
     variants['plain Flax (levers off)'] = off
     if len(have) > 1:
       for f in have:
@@ -225,7 +227,7 @@ def main(argv=None) -> dict:
   # Throwaway compile: the first XLA compile in a process pays one-off start-up
   # costs that would otherwise land on whichever variant comes first.
   _JaxRunner(_jax_variants(argparse.Namespace(**{**vars(args), 'model': 'resnet_tiny',
-                                                  'only_ours': True}))['ours (levers on)'],
+                                                  'only_ours': True}))['ours (defaults)'],
              argparse.Namespace(**{**vars(args), 'size': 32, 'batch': 2}))
   runners = {}
   for name, model in _jax_variants(args).items():
