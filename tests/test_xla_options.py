@@ -24,6 +24,10 @@ def _inputs():
             jnp.asarray(0.1 * rng.normal(size=(3, 3, 32, 32)), jnp.float32))
 
 
+JAXLIB_0_10 = jax.__version_info__[:2] == (0, 10)  # the jaxlib these options were measured on
+
+
+@pytest.mark.skipif(not JAXLIB_0_10, reason="options written for jaxlib 0.10")
 def test_options_are_known_to_this_jaxlib():
     assert xla_options.compiler_options() == {xla_options.YNN_OPTION: xla_options.YNN_WITHOUT_CONVOLUTION}
 
@@ -35,7 +39,8 @@ def test_convolutions_leave_ynnpack_and_compute_the_same():
         default = xla_options.jit(_conv_grad).lower(x, k).compile()
     # A lone conv has no matmul or reduction for YNNPACK to take: any YNNPACK fusion is a conv.
     assert "convolution(" in ours.as_text() and "__ynn_fusion" not in ours.as_text()
-    assert "__ynn_fusion" in default.as_text()  # fails if jaxlib stops using YNNPACK for convs
+    if JAXLIB_0_10:  # jaxlib 0.10 sends this conv to YNNPACK; fails if that changes
+        assert "__ynn_fusion" in default.as_text()
     for a, b in zip(ours(x, k), default(x, k)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
 
