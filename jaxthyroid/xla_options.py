@@ -43,6 +43,11 @@ ENV = "JAXTHYROID_YNN_CONV"
 log = logging.getLogger(__name__)
 _use = True
 
+try:  # the check jax.jit itself makes before refusing compiler options (private, ~0.5 µs)
+  from jax._src.core import trace_state_clean as _trace_state_clean
+except ImportError:  # another JAX: look for tracers among the arguments instead (~100 µs)
+  _trace_state_clean = None
+
 
 @functools.cache
 def compiler_options() -> dict[str, str] | None:
@@ -97,9 +102,15 @@ class _Jitted:
     functools.update_wrapper(self, fun)
 
   def __call__(self, *args, **kwargs):
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))):
-      return self._nested(*args, **kwargs)
-    return self._top(*args, **kwargs)
+    jitted = self._nested if _under_trace(args, kwargs) else self._top
+    return jitted(*args, **kwargs)
 
   def __getattr__(self, name: str):  # lower, trace, eval_shape, ... of the top-level jit
     return getattr(self._top, name)
+
+
+def _under_trace(args, kwargs) -> bool:
+  """Whether a call happens while JAX traces (inside jit, eval_shape, grad...)."""
+  if _trace_state_clean is not None:
+    return not _trace_state_clean()
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))

@@ -53,8 +53,11 @@ def test_the_users_xla_flags_win(monkeypatch):
     assert xla_options.compiler_options.__wrapped__() is None
 
 
-def test_nested_calls_run_a_plain_jit():
+@pytest.mark.parametrize("detect", ["trace state", "tracer arguments"])
+def test_nested_calls_run_a_plain_jit(detect, monkeypatch):
     """JAX refuses compiler options on a nested jit; under a trace :func:`jit` drops them."""
+    if detect == "tracer arguments":  # the fallback for a JAX without trace_state_clean
+        monkeypatch.setattr(xla_options, "_trace_state_clean", None)
     x, k = _inputs()
     inner = xla_options.jit(_conv_grad)
     outer = xla_options.jit(lambda x, k: inner(x, k))
