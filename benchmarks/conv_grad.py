@@ -27,51 +27,40 @@ Prints one Markdown table; ``--json`` writes the numbers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from benchmarks import common
 from jaxthyroid import xla_options
 from jaxthyroid.models import layers, upsample
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _time_jax(fn, *args, steps: int, ynn: bool = False) -> float:
-  if ynn:
-    with xla_options.jaxlib_default():
-      fn = xla_options.jit(fn)
-  else:
-    fn = xla_options.jit(fn)
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(times)
+def _median_ms(step, steps: int) -> float:
+  """Median milliseconds of ``step()`` (blocked on) over ``steps`` calls, after one warm-up."""
+  common.time_call(step)
+  return 1e3 * statistics.median(common.time_call(step) for _ in range(steps))
 
 
-def _time_torch(fn, steps: int) -> float:
-  fn()
-  times = []
-  for _ in range(steps):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return 1e3 * statistics.median(times)
+def _jit_ms(fn, *args, steps: int, ynn: bool = False) -> float:
+  """:func:`_median_ms` of ``fn(*args)`` jitted as the package jits (``ynn``: jaxlib's default)."""
+  with xla_options.jaxlib_default() if ynn else contextlib.nullcontext():
+    jitted = xla_options.jit(fn)
+  return _median_ms(lambda: jitted(*args), steps)
 
 
 def _grad_ms(layer, x, k, steps, ynn=False):
-  return _time_jax(jax.grad(lambda k, x: jnp.sum(layer(x, k) ** 2), argnums=(0, 1)), k, x,
-                   steps=steps, ynn=ynn)
+  return _jit_ms(jax.grad(lambda k, x: jnp.sum(layer(x, k) ** 2), argnums=(0, 1)), k, x,
+                 steps=steps, ynn=ynn)
 
 
 def _conv_variants(stride: int, pad: int):
@@ -121,7 +110,7 @@ def _torch_ms(kind, batch, side, cin, cout, k, stride, pad, steps):
 
   def step():
     (conv(x) ** 2).sum().backward()
-  return _time_torch(step, steps)
+  return _median_ms(step, steps)
 
 
 # (group, name, batch, side, cin, cout, kernel, stride, pad); "up" = 4×4 stride-2 transposed.
@@ -153,9 +142,9 @@ def _dw_rows(steps):
     p = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(m, f)), jnp.float32)
     rows.append({"group": "dw", "layer": f"dW of [{m}, {k}] patches, {f} outputs",
-                 "patchesᵀ·g (autodiff)": _time_jax(lambda p, g: jnp.einsum("mk,mf->kf", p, g), p, g, steps=steps),
-                 "(gᵀ·patches)ᵀ (patch_matmul)": _time_jax(lambda p, g: jnp.einsum("mf,mk->fk", g, p).T, p, g,
-                                                          steps=steps)})
+                 "patchesᵀ·g (autodiff)": _jit_ms(lambda p, g: jnp.einsum("mk,mf->kf", p, g), p, g, steps=steps),
+                 "(gᵀ·patches)ᵀ (patch_matmul)": _jit_ms(lambda p, g: jnp.einsum("mf,mk->fk", g, p).T, p, g,
+                                                        steps=steps)})
   return rows
 
 
@@ -192,12 +181,7 @@ def main(argv=None) -> list[dict]:
         f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores\n")
   for group in dict.fromkeys(r["group"] for r in rows):
     part = [r for r in rows if r["group"] == group]
-    cols = [c for c in part[0] if c not in ("group", "layer")]
-    print("| layer | " + " | ".join(cols) + " |")
-    print("|---|" + "---:|" * len(cols))
-    for r in part:
-      print(f"| {r['layer']} | " + " | ".join("–" if r.get(c) is None else f"{r[c]:.1f}" for c in cols) + " |")
-    print()
+    print(common.markdown_table(part, [(c, c) for c in part[0] if c != "group"]) + "\n")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=2)

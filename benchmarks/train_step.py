@@ -38,7 +38,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 LEVERS = ('fast_maxpool', 'stem_im2col', 'conv_im2col')
 
@@ -122,6 +121,7 @@ class _JaxRunner:
     import jax
     import numpy as np
 
+    from benchmarks import common
     from jaxthyroid import xla_options
     rng = np.random.default_rng(0)
     self.batch = {
@@ -132,18 +132,15 @@ class _JaxRunner:
     self.key = jax.random.key(1, impl='rbg')
     with xla_options.jaxlib_default() if jaxlib_default else contextlib.nullcontext():
       self.state, step, self.source = _make_step(model, args)
-    t0 = time.perf_counter()
-    # Call the compiled executable itself: lower().compile() does not fill jit's cache.
-    self.step = step.lower(self.state, self.batch, self.key).compile()
-    self.compile_s = time.perf_counter() - t0
-    self.run()
+    # The compiled executable itself is called from now on (see compile_jitted).
+    self.step, info = common.compile_jitted(step, self.state, self.batch, self.key)
+    self.compile_s = info['compile_s']
+    common.block(self.run())
 
   def run(self):
-    import jax
-    t0 = time.perf_counter()
+    """One step; returns its outputs (the timing blocks on them)."""
     self.state, metrics = self.step(self.state, self.batch, self.key)
-    jax.block_until_ready((self.state, metrics))
-    return time.perf_counter() - t0
+    return self.state, metrics
 
 
 # -- PyTorch -----------------------------------------------------------------
@@ -205,11 +202,9 @@ def _torch_runners(args):
       self.run()
 
     def run(self):
-      t0 = time.perf_counter()
       self.opt.zero_grad(set_to_none=True)
       self.loss(self.model(self.x), self.y).backward()
       self.opt.step()
-      return time.perf_counter() - t0
 
   return {'PyTorch eager (NCHW)': Runner(False),
           'PyTorch eager (channels-last)': Runner(True)}
@@ -226,6 +221,8 @@ def main(argv=None) -> dict:
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + args.xla_flags).strip()
   import jax
 
+  from benchmarks import common
+
   # Throwaway compile: the first XLA compile in a process pays one-off start-up
   # costs that would otherwise land on whichever variant comes first.
   _JaxRunner(_jax_variants(argparse.Namespace(**{**vars(args), 'model': 'resnet_tiny',
@@ -237,13 +234,9 @@ def main(argv=None) -> dict:
     print(f'# {name}: compiled in {runners[name].compile_s:.1f} s', file=sys.stderr, flush=True)
   if not args.no_torch:
     runners.update(_torch_runners(args))
-  times = {name: [] for name in runners}
-  for _ in range(args.warmup):
-    for r in runners.values():
-      r.run()
-  for _ in range(args.steps):  # alternate so load noise hits every variant alike
-    for name, r in runners.items():
-      times[name].append(r.run())
+  # Alternate so load noise hits every variant alike.
+  times = common.time_alternating({name: r.run for name, r in runners.items()},
+                                  steps=args.steps, warmup=args.warmup)
 
   torch_ref = next((n for n in times if n.startswith('PyTorch eager (NCHW')), None)
   rows = []
@@ -263,10 +256,7 @@ def main(argv=None) -> dict:
         f"median of {args.steps} alternating rounds\n")
   cols = ['variant', 'compile_s', 'ms_per_step', 'ms_min', 'images_per_s'] + (
       ['vs_torch_eager'] if torch_ref else [])
-  print('| ' + ' | '.join(cols) + ' |')
-  print('|' + '---|' * len(cols))
-  for row in rows:
-    print('| ' + ' | '.join(str(row[c]) for c in cols) + ' |')
+  print(common.markdown_table(rows, [(c, c) for c in cols]))
   result = {'config': {k: v for k, v in vars(args).items()},
             'xla_flags': os.environ.get('XLA_FLAGS', ''), 'rows': rows}
   if args.json:
