@@ -167,7 +167,7 @@ def init_variables(model, key, size: int, mesh=None) -> dict:
 def abstract_state(model, tx, size: int, mesh=None):
     """The TrainState's shapes, dtypes and (replicated) shardings, nothing allocated:
     a template to restore a checkpoint into."""
-    sharding = parallel.replicated(mesh if mesh is not None else parallel.make_mesh(1))
+    sharding = parallel.replicated(parallel.mesh_or_single(mesh))
     shapes = jax.eval_shape(lambda key: state_lib.init_state(model, key, tx, _sample(size)), jax.random.key(0))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 
@@ -237,7 +237,7 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
 
     # Every leaf replicated over the mesh, as the train step's outputs are (placed
     # otherwise, the step would compile a second time after its first call).
-    mesh_or_one = mesh if mesh is not None else parallel.make_mesh(1)
+    mesh_or_one = parallel.mesh_or_single(mesh)
     if initial_variables is None:
         variables = init_variables(model, state_lib.init_key(cfg.seed, PHASES.index(name)), data.size,
                                    mesh=mesh_or_one)

@@ -33,6 +33,11 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
   return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
 
 
+def mesh_or_single(mesh: Mesh | None) -> Mesh:
+  """``mesh``, or a one-device mesh when it is None (state placed like the steps' outputs)."""
+  return mesh if mesh is not None else make_mesh(1)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   """The sharding of parameters and optimiser state: a full copy on every device."""
   return NamedSharding(mesh, P())

@@ -80,7 +80,7 @@ def create_train_state(key: jax.Array, model: nn.Module, tx: optax.GradientTrans
     mesh: the ``data`` mesh (:func:`jaxthyroid.parallel.make_mesh`) or None.
   """
   return init_state(model, key, tx, jnp.zeros(sample_shape, jnp.float32),
-                    mesh=mesh if mesh is not None else parallel.make_mesh(1))
+                    mesh=parallel.mesh_or_single(mesh))
 
 
 def variables_of(state: Any) -> dict:
