@@ -46,71 +46,75 @@ NHWC = ("NHWC", "HWIO", "NHWC")
 
 
 def _median_ms(step, steps: int) -> float:
-  """Median milliseconds of ``step()`` (blocked on) over ``steps`` calls, after one warm-up."""
-  common.time_call(step)
-  return 1e3 * statistics.median(common.time_call(step) for _ in range(steps))
+    """Median milliseconds of ``step()`` (blocked on) over ``steps`` calls, after one warm-up."""
+    common.time_call(step)
+    return 1e3 * statistics.median(common.time_call(step) for _ in range(steps))
 
 
 def _jit_ms(fn, *args, steps: int, ynn: bool = False) -> float:
-  """:func:`_median_ms` of ``fn(*args)`` jitted as the package jits (``ynn``: jaxlib's default)."""
-  with xla_options.jaxlib_default() if ynn else contextlib.nullcontext():
-    jitted = xla_options.jit(fn)
-  return _median_ms(lambda: jitted(*args), steps)
+    """:func:`_median_ms` of ``fn(*args)`` jitted as the package jits (``ynn``: jaxlib's default)."""
+    with xla_options.jaxlib_default() if ynn else contextlib.nullcontext():
+        jitted = xla_options.jit(fn)
+    return _median_ms(lambda: jitted(*args), steps)
 
 
 def _grad_ms(layer, x, k, steps, ynn=False):
-  return _jit_ms(jax.grad(lambda k, x: jnp.sum(layer(x, k) ** 2), argnums=(0, 1)), k, x,
-                 steps=steps, ynn=ynn)
+    return _jit_ms(jax.grad(lambda k, x: jnp.sum(layer(x, k) ** 2), argnums=(0, 1)), k, x, steps=steps, ynn=ynn)
 
 
 def _conv_variants(stride: int, pad: int):
-  def xla(x, k):
-    return lax.conv_general_dilated(x, k, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC)
+    def xla(x, k):
+        return lax.conv_general_dilated(x, k, (stride, stride), ((pad, pad), (pad, pad)), dimension_numbers=NHWC)
 
-  def patches(x, k):
-    return layers.extract_patches(x, k.shape[:2], (stride, stride), ((pad, pad), (pad, pad)))
+    def patches(x, k):
+        return layers.extract_patches(x, k.shape[:2], (stride, stride), ((pad, pad), (pad, pad)))
 
-  def im2col_autodiff(x, k):
-    return patches(x, k) @ k.reshape(-1, k.shape[-1])
+    def im2col_autodiff(x, k):
+        return patches(x, k) @ k.reshape(-1, k.shape[-1])
 
-  def im2col(x, k):
-    return layers.patch_matmul(patches(x, k), k.reshape(-1, k.shape[-1]))
+    def im2col(x, k):
+        return layers.patch_matmul(patches(x, k), k.reshape(-1, k.shape[-1]))
 
-  return {"xla": xla, "im2col (autodiff)": im2col_autodiff, "im2col": im2col}
+    return {"xla": xla, "im2col (autodiff)": im2col_autodiff, "im2col": im2col}
 
 
 def _up_variants():
-  def xla(x, k):
-    return lax.conv_transpose(x, k, (2, 2), ((2, 2), (2, 2)), dimension_numbers=NHWC)
+    def xla(x, k):
+        return lax.conv_transpose(x, k, (2, 2), ((2, 2), (2, 2)), dimension_numbers=NHWC)
 
-  def sub_pixel(shared_min, im2col=True):
-    module = upsample.SubPixelConvTranspose(1, im2col=im2col, shared_patches_min_size=shared_min)
+    def sub_pixel(shared_min, im2col=True):
+        module = upsample.SubPixelConvTranspose(1, im2col=im2col, shared_patches_min_size=shared_min)
 
-    def apply(x, k):
-      return module.clone(features=k.shape[-1]).apply({"params": {"kernel": k}}, x)
-    return apply
+        def apply(x, k):
+            return module.clone(features=k.shape[-1]).apply({"params": {"kernel": k}}, x)
 
-  return {"xla": xla, "sub-pixel, XLA convs": sub_pixel(10**9, im2col=False),
-          "sub-pixel, per-phase patches": sub_pixel(10**9),
-          "sub-pixel, shared patches": sub_pixel(1)}
+        return apply
+
+    return {
+        "xla": xla,
+        "sub-pixel, XLA convs": sub_pixel(10**9, im2col=False),
+        "sub-pixel, per-phase patches": sub_pixel(10**9),
+        "sub-pixel, shared patches": sub_pixel(1),
+    }
 
 
 def _torch_ms(kind, batch, side, cin, cout, k, stride, pad, steps):
-  try:
-    import torch
-  except ImportError:
-    return None
-  torch.set_num_threads(os.cpu_count() or 1)
-  if kind == "up":
-    conv = torch.nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
-  else:
-    conv = torch.nn.Conv2d(cin, cout, k, stride, pad, bias=False)
-  conv = conv.to(memory_format=torch.channels_last)
-  x = torch.randn(batch, cin, side, side).to(memory_format=torch.channels_last).requires_grad_()
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(os.cpu_count() or 1)
+    if kind == "up":
+        conv = torch.nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False)
+    else:
+        conv = torch.nn.Conv2d(cin, cout, k, stride, pad, bias=False)
+    conv = conv.to(memory_format=torch.channels_last)
+    x = torch.randn(batch, cin, side, side).to(memory_format=torch.channels_last).requires_grad_()
 
-  def step():
-    (conv(x) ** 2).sum().backward()
-  return _median_ms(step, steps)
+    def step():
+        (conv(x) ** 2).sum().backward()
+
+    return _median_ms(step, steps)
 
 
 # (group, name, batch, side, cin, cout, kernel, stride, pad); "up" = 4×4 stride-2 transposed.
@@ -135,58 +139,67 @@ LAYERS = [
 
 
 def _dw_rows(steps):
-  """The weight gradient's matmul in both orders, for two patch shapes."""
-  rows = []
-  rng = np.random.default_rng(0)
-  for m, k, f in ((16384, 1024, 128), (65536, 16, 64)):
-    p = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
-    g = jnp.asarray(rng.normal(size=(m, f)), jnp.float32)
-    rows.append({"group": "dw", "layer": f"dW of [{m}, {k}] patches, {f} outputs",
-                 "patchesᵀ·g (autodiff)": _jit_ms(lambda p, g: jnp.einsum("mk,mf->kf", p, g), p, g, steps=steps),
-                 "(gᵀ·patches)ᵀ (patch_matmul)": _jit_ms(lambda p, g: jnp.einsum("mf,mk->fk", g, p).T, p, g,
-                                                        steps=steps)})
-  return rows
+    """The weight gradient's matmul in both orders, for two patch shapes."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for m, k, f in ((16384, 1024, 128), (65536, 16, 64)):
+        p = jnp.asarray(rng.normal(size=(m, k)), jnp.float32)
+        g = jnp.asarray(rng.normal(size=(m, f)), jnp.float32)
+        rows.append(
+            {
+                "group": "dw",
+                "layer": f"dW of [{m}, {k}] patches, {f} outputs",
+                "patchesᵀ·g (autodiff)": _jit_ms(lambda p, g: jnp.einsum("mk,mf->kf", p, g), p, g, steps=steps),
+                "(gᵀ·patches)ᵀ (patch_matmul)": _jit_ms(
+                    lambda p, g: jnp.einsum("mf,mk->fk", g, p).T, p, g, steps=steps
+                ),
+            }
+        )
+    return rows
 
 
 def main(argv=None) -> list[dict]:
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--steps", type=int, default=11)
-  ap.add_argument("--only", default="dcgan_d,dcgan_g,resnet18,dw")
-  ap.add_argument("--no-torch", action="store_true")
-  ap.add_argument("--json", default=None)
-  args = ap.parse_args(argv)
-  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-  groups = set(args.only.split(","))
-  rng = np.random.default_rng(0)
-  rows = []
-  for group, name, batch, side, cin, cout, k, stride, pad in LAYERS:
-    if group not in groups:
-      continue
-    x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
-    kernel = jnp.asarray(0.05 * rng.normal(size=(k, k, cin, cout)), jnp.float32)
-    variants = _up_variants() if stride == "up" else _conv_variants(stride, pad)
-    row = {"group": group, "layer": f"{name}: {side}², {cin}→{cout}, batch {batch}"}
-    for label, fn in variants.items():
-      row[label] = _grad_ms(fn, x, kernel, args.steps)
-    row["xla, YNNPACK"] = _grad_ms(variants["xla"], x, kernel, args.steps, ynn=True)
-    if not args.no_torch:
-      row["torch-cl"] = _torch_ms("up" if stride == "up" else "conv", batch, side, cin, cout, k,
-                                  stride, pad, args.steps)
-    print(json.dumps(row), file=sys.stderr, flush=True)
-    rows.append(row)
-  if "dw" in groups:
-    rows.extend(_dw_rows(args.steps))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=11)
+    ap.add_argument("--only", default="dcgan_d,dcgan_g,resnet18,dw")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    groups = set(args.only.split(","))
+    rng = np.random.default_rng(0)
+    rows = []
+    for group, name, batch, side, cin, cout, k, stride, pad in LAYERS:
+        if group not in groups:
+            continue
+        x = jnp.asarray(rng.normal(size=(batch, side, side, cin)), jnp.float32)
+        kernel = jnp.asarray(0.05 * rng.normal(size=(k, k, cin, cout)), jnp.float32)
+        variants = _up_variants() if stride == "up" else _conv_variants(stride, pad)
+        row = {"group": group, "layer": f"{name}: {side}², {cin}→{cout}, batch {batch}"}
+        for label, fn in variants.items():
+            row[label] = _grad_ms(fn, x, kernel, args.steps)
+        row["xla, YNNPACK"] = _grad_ms(variants["xla"], x, kernel, args.steps, ynn=True)
+        if not args.no_torch:
+            row["torch-cl"] = _torch_ms(
+                "up" if stride == "up" else "conv", batch, side, cin, cout, k, stride, pad, args.steps
+            )
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        rows.append(row)
+    if "dw" in groups:
+        rows.extend(_dw_rows(args.steps))
 
-  print(f"\nms per fwd+bwd (median of {args.steps}); jax {jax.__version__}, "
-        f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores\n")
-  for group in dict.fromkeys(r["group"] for r in rows):
-    part = [r for r in rows if r["group"] == group]
-    print(common.markdown_table(part, [(c, c) for c in part[0] if c != "group"]) + "\n")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
-  return rows
+    print(
+        f"\nms per fwd+bwd (median of {args.steps}); jax {jax.__version__}, "
+        f"{jax.devices()[0].device_kind}, {os.cpu_count()} cores\n"
+    )
+    for group in dict.fromkeys(r["group"] for r in rows):
+        part = [r for r in rows if r["group"] == group]
+        print(common.markdown_table(part, [(c, c) for c in part[0] if c != "group"]) + "\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":
-  main()
+    main()

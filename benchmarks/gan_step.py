@@ -68,17 +68,35 @@ class TorchDCGAN:
         self.torch = torch
         nz, ngf, ndf, nc = 100, 64, 64, 1
         self.G = nn.Sequential(
-            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
-            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(ngf * 8),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ngf * 4),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ngf * 2),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ngf),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False),
+            nn.Tanh(),
+        )
         self.D = nn.Sequential(
-            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 2), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 4), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(ndf * 8), nn.LeakyReLU(0.2, inplace=True),
-            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False))  # logits; BCEWithLogits below
+            nn.Conv2d(nc, ndf, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf, ndf * 2, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 2),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 2, ndf * 4, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 4),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 4, ndf * 8, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(ndf * 8),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(ndf * 8, 1, 4, 1, 0, bias=False),
+        )  # logits; BCEWithLogits below
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=2e-4, betas=(0.5, 0.999))
         self.loss = nn.BCEWithLogitsLoss()
@@ -140,8 +158,13 @@ def measure(runners: dict, *, batch: dict, steps: int, warmup: int) -> dict:
             results[name]["times"].append(runner.run())
     for name, r in results.items():
         median = statistics.median(r["times"])
-        r.update(batch=batch[name], median_step_s=median, images_per_s=batch[name] / median,
-                 min_step_s=min(r["times"]), max_step_s=max(r["times"]))
+        r.update(
+            batch=batch[name],
+            median_step_s=median,
+            images_per_s=batch[name] / median,
+            min_step_s=min(r["times"]),
+            max_step_s=max(r["times"]),
+        )
         print(f"{name}: {r['images_per_s']:.1f} images/s, compile {r['compile_s']:.1f} s", flush=True)
     return results
 
@@ -172,19 +195,29 @@ def main(argv=None):
             print("torch not importable: skipping the PyTorch comparison")
     results.update(measure(runners, batch=batch, steps=args.steps, warmup=args.warmup))
     if not args.no_slow:
-        results.update(measure({"dcgan jax conv_transpose": JaxDCGAN(DCGAN_BATCH, fast_upsample=False)},
-                               batch={"dcgan jax conv_transpose": DCGAN_BATCH}, steps=args.slow_steps, warmup=1))
+        results.update(
+            measure(
+                {"dcgan jax conv_transpose": JaxDCGAN(DCGAN_BATCH, fast_upsample=False)},
+                batch={"dcgan jax conv_transpose": DCGAN_BATCH},
+                steps=args.slow_steps,
+                warmup=1,
+            )
+        )
     if not args.no_sr:
-        sr = {"srresnet x2 pretrain": JaxSR(args.sr_batch, adversarial=False),
-              "srgan x2 step": JaxSR(args.sr_batch, adversarial=True)}
+        sr = {
+            "srresnet x2 pretrain": JaxSR(args.sr_batch, adversarial=False),
+            "srgan x2 step": JaxSR(args.sr_batch, adversarial=True),
+        }
         results.update(measure(sr, batch={k: args.sr_batch for k in sr}, steps=args.steps, warmup=args.warmup))
 
     print(f"\nDevice: {jax.devices()[0].device_kind} ×{jax.device_count()}, jax {jax.__version__}\n")
     print("| step | batch | images/s | median step (s) | min–max (s) | compile + 1st step (s) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, r in results.items():
-        print(f"| {name} | {r['batch']} | {r['images_per_s']:.1f} | {r['median_step_s']:.3f} | "
-              f"{r['min_step_s']:.3f}–{r['max_step_s']:.3f} | {r['compile_s']:.1f} |")
+        print(
+            f"| {name} | {r['batch']} | {r['images_per_s']:.1f} | {r['median_step_s']:.3f} | "
+            f"{r['min_step_s']:.3f}–{r['max_step_s']:.3f} | {r['compile_s']:.1f} |"
+        )
     if "dcgan torch eager" in results:
         ratio = results["dcgan jax fast_upsample"]["images_per_s"] / results["dcgan torch eager"]["images_per_s"]
         results["jax_over_torch_dcgan"] = ratio

@@ -66,10 +66,12 @@ def main(argv=None) -> dict:
         "cpu_count": os.cpu_count(),
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
-    print(f"phantom {args.size}x{args.size} batch {args.batch} ({args.poisson} Poisson, "
-          f"{result['backend']}): {result['images_per_s']:.0f} images/s "
-          f"(median {median * 1e3:.1f} ms/batch; first call {compile_s:.1f} s; "
-          f"{cpu_per_image * 1e3:.2f} CPU-ms/image, load {result['load_average_1min']})")
+    print(
+        f"phantom {args.size}x{args.size} batch {args.batch} ({args.poisson} Poisson, "
+        f"{result['backend']}): {result['images_per_s']:.0f} images/s "
+        f"(median {median * 1e3:.1f} ms/batch; first call {compile_s:.1f} s; "
+        f"{cpu_per_image * 1e3:.2f} CPU-ms/image, load {result['load_average_1min']})"
+    )
     print(json.dumps(result))
     return result
 

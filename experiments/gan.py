@@ -67,31 +67,45 @@ def main(argv=None):
 
     t = time.perf_counter()
     d = cfg.data
-    dataset = phantom_builder.build_phantom(d.data_dir, size=d.size, n_train=d.n_train, n_val=d.n_val,
-                                            n_test=d.n_test, cross_fraction=d.cross_fraction, seed=cfg.seed)
+    dataset = phantom_builder.build_phantom(
+        d.data_dir,
+        size=d.size,
+        n_train=d.n_train,
+        n_val=d.n_val,
+        n_test=d.n_test,
+        cross_fraction=d.cross_fraction,
+        seed=cfg.seed,
+    )
     train, test = features.load_source(dataset, "train"), features.load_source(dataset, "test")
     times["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     dcgan = augmentation.train_dcgan(cfg.dcgan, train, workdir / "dcgan", seed=cfg.seed)
     times["dcgan_s"] = time.perf_counter() - t
-    print(f"DCGAN: {dcgan['epochs']} epochs, {dcgan['steps']} steps, {dcgan['images_per_s']:.0f} img/s, "
-          f"d_loss {dcgan['final_d_loss']:.3f}, g_loss {dcgan['final_g_loss']:.3f}", flush=True)
+    print(
+        f"DCGAN: {dcgan['epochs']} epochs, {dcgan['steps']} steps, {dcgan['images_per_s']:.0f} img/s, "
+        f"d_loss {dcgan['final_d_loss']:.3f}, g_loss {dcgan['final_g_loss']:.3f}",
+        flush=True,
+    )
 
     t = time.perf_counter()
     sr = augmentation.train_srgan(cfg.srgan, train, test, workdir / "srgan", seed=cfg.seed, hr_size=d.size)
     times["srgan_s"] = time.perf_counter() - t
-    print(f"\nSuper-resolution ×{sr['scale']} ({sr['lr_size']}² -> {sr['hr_size']}²), "
-          f"{sr['eval_images']} test images:")
+    print(f"\nSuper-resolution ×{sr['scale']} ({sr['lr_size']}² -> {sr['hr_size']}²), {sr['eval_images']} test images:")
     print("  method     PSNR (dB)  SSIM")
     for k in sr["psnr"]:
         print(f"  {k:<9}  {sr['psnr'][k]:9.2f}  {sr['ssim'][k]:.4f}")
 
     t = time.perf_counter()
     gan_cfg = ml_collections.ConfigDict({"dcgan": cfg.dcgan.to_dict(), "srgan": cfg.srgan.to_dict()})
-    images, ids = augmentation.generate(workdir / "dcgan", workdir / "srgan", gan_cfg,
-                                        per_set=cfg.generate.per_set, seed=cfg.seed,
-                                        samples_path=workdir / "samples.png")
+    images, ids = augmentation.generate(
+        workdir / "dcgan",
+        workdir / "srgan",
+        gan_cfg,
+        per_set=cfg.generate.per_set,
+        seed=cfg.seed,
+        samples_path=workdir / "samples.png",
+    )
     times["generate_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -107,10 +121,14 @@ def main(argv=None):
     quality = augmentation.generation_quality(model, variables, images, ids, train, test, taxonomy=taxonomy)
     times["quality_s"] = time.perf_counter() - t
     print(f"\nGenerated images ({len(ids)}), judged by a classifier trained on real images only:")
-    print(f"  agreement with the conditioned finding set: {quality['agreement']:.3f} "
-          f"(the classifier on real test images: {quality['real_test_agreement']:.3f}, chance 1/12)")
-    print(f"  Fréchet distance ({quality['feature_space']}, {quality['feature_dim']}-d): generated vs real test "
-          f"{quality['frechet_generated_vs_real']:.3f}; real train vs real test {quality['frechet_real_vs_real']:.3f}")
+    print(
+        f"  agreement with the conditioned finding set: {quality['agreement']:.3f} "
+        f"(the classifier on real test images: {quality['real_test_agreement']:.3f}, chance 1/12)"
+    )
+    print(
+        f"  Fréchet distance ({quality['feature_space']}, {quality['feature_dim']}-d): generated vs real test "
+        f"{quality['frechet_generated_vs_real']:.3f}; real train vs real test {quality['frechet_real_vs_real']:.3f}"
+    )
     print("  per finding set: " + ", ".join(f"{k} {v:.2f}" for k, v in quality["agreement_per_set"].items()))
     print("\nwall times: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items()))
 

@@ -143,7 +143,7 @@ def _in_batches(fn, *arrays, batch_size: int = _GENERATE_BATCH):
     n = len(arrays[0])
     outs = []
     for s in range(0, n, batch_size):
-        chunk = [np.asarray(a[s:s + batch_size]) for a in arrays]
+        chunk = [np.asarray(a[s : s + batch_size]) for a in arrays]
         k = len(chunk[0])
         if k < batch_size:
             chunk = [np.concatenate([c, np.repeat(c[-1:], batch_size - k, axis=0)]) for c in chunk]
@@ -182,11 +182,16 @@ def _claim_workdir(workdir: pathlib.Path, cfg, extra: dict) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != wanted:
-            keys = sorted(k for k in set(old.get("config", {})) | set(wanted["config"])
-                          if old.get("config", {}).get(k) != wanted["config"].get(k))
+            keys = sorted(
+                k
+                for k in set(old.get("config", {})) | set(wanted["config"])
+                if old.get("config", {}).get(k) != wanted["config"].get(k)
+            )
             keys += sorted(k for k in extra if old.get(k) != extra[k])
-            raise ValueError(f"{workdir} holds a GAN run with another config (differs in "
-                             f"{', '.join(keys) or 'layout'}); use another workdir or delete it")
+            raise ValueError(
+                f"{workdir} holds a GAN run with another config (differs in "
+                f"{', '.join(keys) or 'layout'}); use another workdir or delete it"
+            )
         return
     _write_json(path, wanted)
 
@@ -208,7 +213,7 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int):
     so a resumed epoch sees the batches it would have seen."""
     order = np.random.default_rng([seed, epoch]).permutation(n)
     for b in range(n // batch_size):
-        yield order[b * batch_size:(b + 1) * batch_size]
+        yield order[b * batch_size : (b + 1) * batch_size]
 
 
 class _EpochLoop:
@@ -218,15 +223,18 @@ class _EpochLoop:
     for every batch and returns the final state and a summary.
     """
 
-    def __init__(self, workdir: pathlib.Path, *, name: str, epochs: int, n: int, batch_size: int, seed: int,
-                 after_epoch=None):
+    def __init__(
+        self, workdir: pathlib.Path, *, name: str, epochs: int, n: int, batch_size: int, seed: int, after_epoch=None
+    ):
         self.workdir, self.name, self.epochs = workdir, name, int(epochs)
         self.n, self.batch_size, self.seed = n, int(batch_size), seed
         self.after_epoch = after_epoch
         self.steps_per_epoch = n // self.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{name}: {n} training images is less than one batch of {batch_size}; "
-                             "lower batch_size or use more images")
+            raise ValueError(
+                f"{name}: {n} training images is less than one batch of {batch_size}; "
+                "lower batch_size or use more images"
+            )
 
     def run(self, state, step_batch):
         ckpts = Checkpoints(self.workdir / "checkpoints", keep=2)
@@ -270,16 +278,21 @@ class _EpochLoop:
                 raise FloatingPointError(
                     f"{self.name}: {', '.join(bad)} became NaN/Inf in epoch {epoch + 1}; the last good "
                     f"checkpoint (step {good}) is in {self.workdir / 'checkpoints'}. Lower learning_rate "
-                    "and delete the workdir (or keep it to resume from that step).")
+                    "and delete the workdir (or keep it to resume from that step)."
+                )
             logger.write("train", step=step, epoch=epoch + 1, **last)
             ckpts.save(step, state, data={"epoch": epoch + 1}, loop={"epoch": epoch + 1})
             if self.after_epoch is not None:
                 self.after_epoch(state, epoch + 1)
         summary = {
-            "epochs": self.epochs, "steps": self.epochs * self.steps_per_epoch, "batch_size": self.batch_size,
-            "train_images": self.n, **{f"final_{k}": v for k, v in last.items()},
+            "epochs": self.epochs,
+            "steps": self.epochs * self.steps_per_epoch,
+            "batch_size": self.batch_size,
+            "train_images": self.n,
+            **{f"final_{k}": v for k, v in last.items()},
             "images_per_s": timed_images / timed_seconds if timed_seconds > 0 else float("nan"),
-            "seconds": time.perf_counter() - started, "resumed_from_epoch": start_epoch,
+            "seconds": time.perf_counter() - started,
+            "resumed_from_epoch": start_epoch,
         }
         return state, summary
 
@@ -289,11 +302,18 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set
     (optional keys ``fast_upsample``, default True, and ``conv_im2col``, default None:
     im2col convs on the CPU backend only)."""
-    g = dcgan.Generator(channels=1, image_size=cfg.image_size, nz=cfg.nz, ngf=cfg.ngf,
-                        num_classes=taxonomy.num_sets, fast_upsample=cfg.get("fast_upsample", True),
-                        conv_im2col=cfg.get("conv_im2col", None))
-    d = dcgan.Discriminator(image_size=cfg.image_size, ndf=cfg.ndf, num_classes=taxonomy.num_sets,
-                            conv_im2col=cfg.get("conv_im2col", None))
+    g = dcgan.Generator(
+        channels=1,
+        image_size=cfg.image_size,
+        nz=cfg.nz,
+        ngf=cfg.ngf,
+        num_classes=taxonomy.num_sets,
+        fast_upsample=cfg.get("fast_upsample", True),
+        conv_im2col=cfg.get("conv_im2col", None),
+    )
+    d = dcgan.Discriminator(
+        image_size=cfg.image_size, ndf=cfg.ndf, num_classes=taxonomy.num_sets, conv_im2col=cfg.get("conv_im2col", None)
+    )
     return g, d
 
 
@@ -372,8 +392,15 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
         samples = _dcgan_images(generator, {"params": g.params, "batch_stats": g.batch_stats}, grid_ids, sample_key)
         report.contact_sheet(_by_set(samples, grid_ids), workdir / f"samples_epoch{epoch}.png", per_row=per_row)
 
-    loop = _EpochLoop(workdir, name="dcgan", epochs=cfg.epochs, n=len(images), batch_size=cfg.batch_size,
-                      seed=seed, after_epoch=after_epoch)
+    loop = _EpochLoop(
+        workdir,
+        name="dcgan",
+        epochs=cfg.epochs,
+        n=len(images),
+        batch_size=cfg.batch_size,
+        seed=seed,
+        after_epoch=after_epoch,
+    )
     _, summary = loop.run(state, step_batch)
     summary["image_size"] = int(cfg.image_size)
     _write_json(workdir / DONE_FILE, summary)
@@ -413,10 +440,20 @@ def srgan_models(cfg):
     discriminator: ``d_features`` (64), ``d_dense_features`` (1024), ``d_pool_size``
     (None = the paper's flatten; an int average-pools to that grid first);
     ``conv_im2col`` (None = im2col convs on the CPU backend only) goes to both."""
-    g = srgan.SRResNet(channels=1, scale=cfg.scale, num_blocks=cfg.num_blocks, features=cfg.features,
-                       bicubic_skip=cfg.get("bicubic_skip", False), conv_im2col=cfg.get("conv_im2col", None))
-    d = srgan.SRDiscriminator(features=cfg.get("d_features", 64), dense_features=cfg.get("d_dense_features", 1024),
-                              pool_size=cfg.get("d_pool_size", None), conv_im2col=cfg.get("conv_im2col", None))
+    g = srgan.SRResNet(
+        channels=1,
+        scale=cfg.scale,
+        num_blocks=cfg.num_blocks,
+        features=cfg.features,
+        bicubic_skip=cfg.get("bicubic_skip", False),
+        conv_im2col=cfg.get("conv_im2col", None),
+    )
+    d = srgan.SRDiscriminator(
+        features=cfg.get("d_features", 64),
+        dense_features=cfg.get("d_dense_features", 1024),
+        pool_size=cfg.get("d_pool_size", None),
+        conv_im2col=cfg.get("conv_im2col", None),
+    )
     return g, d
 
 
@@ -442,15 +479,20 @@ def bicubic(lr_unit: np.ndarray, size: int) -> np.ndarray:
 def _srgan_states(cfg, key, lr_size: int):
     g, d = srgan_models(cfg)
     lr = cfg.get("pretrain_learning_rate", None) or cfg.learning_rate
-    g_state = gan_steps.create_state(g, key, gan_steps.srgan_optimizer(lr),
-                                     jnp.zeros((1, lr_size, lr_size, 1)))
+    g_state = gan_steps.create_state(g, key, gan_steps.srgan_optimizer(lr), jnp.zeros((1, lr_size, lr_size, 1)))
     return g, d, g_state
 
 
 def _gan_template(g, d, g_state, cfg, key, lr_size):
     return gan_steps.create_srgan_state(
-        g, d, key, lr_shape=(lr_size, lr_size, 1), generator_state=g_state,
-        g_tx=gan_steps.srgan_optimizer(cfg.learning_rate), d_tx=gan_steps.srgan_optimizer(cfg.learning_rate))
+        g,
+        d,
+        key,
+        lr_shape=(lr_size, lr_size, 1),
+        generator_state=g_state,
+        g_tx=gan_steps.srgan_optimizer(cfg.learning_rate),
+        d_tx=gan_steps.srgan_optimizer(cfg.learning_rate),
+    )
 
 
 @_cpu_friendly_random
@@ -502,8 +544,9 @@ def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: 
         g_state = _restore(pre_dir / "checkpoints", g_state)
     else:
         pre_step = gan_steps.make_srresnet_pretrain_step(g, mesh)
-        loop = _EpochLoop(pre_dir, name="srresnet", epochs=cfg.pretrain_epochs, n=len(hr),
-                          batch_size=cfg.batch_size, seed=seed)
+        loop = _EpochLoop(
+            pre_dir, name="srresnet", epochs=cfg.pretrain_epochs, n=len(hr), batch_size=cfg.batch_size, seed=seed
+        )
         g_state, pre_summary = loop.run(_place(g_state, mesh), lambda s, idx: pre_step(s, batch_of(idx)))
         _write_json(pre_dir / DONE_FILE, pre_summary)
     # A copy: the SRGAN steps donate (overwrite) the generator's buffers.
@@ -514,14 +557,20 @@ def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: 
     if cfg.gan_epochs > 0:
         gan_dir = workdir / "gan"
         state = _gan_template(g, d, g_state, cfg, d_key, lr_size)
-        gan_step = gan_steps.make_srgan_step(g, d, mesh, content=cfg.get("content_loss", "feature_matching"),
-                                             adversarial_weight=cfg.get("adversarial_weight", 1e-3))
+        gan_step = gan_steps.make_srgan_step(
+            g,
+            d,
+            mesh,
+            content=cfg.get("content_loss", "feature_matching"),
+            adversarial_weight=cfg.get("adversarial_weight", 1e-3),
+        )
         if (gan_dir / DONE_FILE).exists():
             gan_summary = json.loads((gan_dir / DONE_FILE).read_text())
             state = _restore(gan_dir / "checkpoints", state)
         else:
-            loop = _EpochLoop(gan_dir, name="srgan", epochs=cfg.gan_epochs, n=len(hr),
-                              batch_size=cfg.batch_size, seed=seed + 1)
+            loop = _EpochLoop(
+                gan_dir, name="srgan", epochs=cfg.gan_epochs, n=len(hr), batch_size=cfg.batch_size, seed=seed + 1
+            )
             state, gan_summary = loop.run(_place(state, mesh), lambda s, idx: gan_step(s, batch_of(idx)))
             _write_json(gan_dir / DONE_FILE, gan_summary)
         srgan_vars = variables_of(state.generator)
@@ -544,14 +593,21 @@ def train_srgan(cfg, train_source, test_source, workdir, *, seed: int, hr_size: 
                 row[f"{title}:caption"] = f"{psnr[k][i]:.1f} dB / {ssim[k][i]:.3f}"
         row["HR"] = test_hr[i]
         rows.append(row)
-    report.sr_comparison(rows, workdir / "sr_comparison.png",
-                         title=f"×{cfg.scale} super-resolution, {lr_size}² -> {hr_size}² (PSNR / SSIM)")
+    report.sr_comparison(
+        rows,
+        workdir / "sr_comparison.png",
+        title=f"×{cfg.scale} super-resolution, {lr_size}² -> {hr_size}² (PSNR / SSIM)",
+    )
 
     summary = {
         "psnr": {k: float(np.mean(v)) for k, v in psnr.items()},
         "ssim": {k: float(np.mean(v)) for k, v in ssim.items()},
-        "eval_images": int(len(test_hr)), "hr_size": int(hr_size), "lr_size": int(lr_size),
-        "scale": int(cfg.scale), "pretrain": pre_summary, "gan": gan_summary,
+        "eval_images": int(len(test_hr)),
+        "hr_size": int(hr_size),
+        "lr_size": int(lr_size),
+        "scale": int(cfg.scale),
+        "pretrain": pre_summary,
+        "gan": gan_summary,
         "seconds": time.perf_counter() - started,
     }
     _write_json(workdir / DONE_FILE, summary)
@@ -583,8 +639,9 @@ def load_sr_generator(srgan_dir, cfg=None):
 
 # ----------------------------------------------------------------------------- generation
 @_cpu_friendly_random
-def generate(dcgan_dir, srgan_dir, gan_cfg, *, per_set: int, seed: int, samples_path=None
-             ) -> tuple[np.ndarray, np.ndarray]:
+def generate(
+    dcgan_dir, srgan_dir, gan_cfg, *, per_set: int, seed: int, samples_path=None
+) -> tuple[np.ndarray, np.ndarray]:
     """``per_set`` generated images for every finding set, super-resolved.
 
     Restores the DCGAN generator (``dcgan_dir``) and the SRGAN generator
@@ -611,8 +668,9 @@ def generate(dcgan_dir, srgan_dir, gan_cfg, *, per_set: int, seed: int, samples_
     return images, ids
 
 
-def augment(run_dcgan_dir, run_srgan_dir, gan_cfg, *, per_set: int, data_dir, name: str, seed: int,
-            overwrite: bool = False) -> str:
+def augment(
+    run_dcgan_dir, run_srgan_dir, gan_cfg, *, per_set: int, data_dir, name: str, seed: int, overwrite: bool = False
+) -> str:
     """Generates ``per_set`` images per finding set and writes them as the TFDS set
     ``<data_dir>/thyroid_synthetic/<name>/1.0.0`` (returned), with a sample grid
     ``<data_dir>/thyroid_synthetic/<name>_samples.png``."""
@@ -620,8 +678,9 @@ def augment(run_dcgan_dir, run_srgan_dir, gan_cfg, *, per_set: int, data_dir, na
 
     samples = pathlib.Path(data_dir) / synthetic_builder.NAME / f"{name}_samples.png"
     images, ids = generate(run_dcgan_dir, run_srgan_dir, gan_cfg, per_set=per_set, seed=seed, samples_path=samples)
-    return synthetic_builder.build_synthetic(data_dir, name, images, ids, input_range="unit", overwrite=overwrite,
-                                             origin=f"dcgan+srgan/{name}")
+    return synthetic_builder.build_synthetic(
+        data_dir, name, images, ids, input_range="unit", overwrite=overwrite, origin=f"dcgan+srgan/{name}"
+    )
 
 
 def augment_command(args) -> None:
@@ -636,8 +695,16 @@ def augment_command(args) -> None:
     srgan_dir = getattr(args, "srgan_dir", None) or (os.path.join(gan_dir, "srgan") if gan_dir else None)
     if not dcgan_dir or not srgan_dir:
         raise ValueError("give --gan-dir (holding dcgan/ and srgan/) or both --dcgan-dir and --srgan-dir")
-    path = augment(dcgan_dir, srgan_dir, None, per_set=args.per_set, data_dir=args.data_dir, name=args.name,
-                   seed=args.seed, overwrite=getattr(args, "overwrite", False))
+    path = augment(
+        dcgan_dir,
+        srgan_dir,
+        None,
+        per_set=args.per_set,
+        data_dir=args.data_dir,
+        name=args.name,
+        seed=args.seed,
+        overwrite=getattr(args, "overwrite", False),
+    )
     print(path)
 
 
@@ -696,8 +763,17 @@ def _classify(fn, variables, images: np.ndarray, batch_size: int = _GENERATE_BAT
 
 
 @_cpu_friendly_random
-def generation_quality(model, state, synthetic_images, synthetic_ids, real_train_source, real_test_source, *,
-                       taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT, max_real_images: int = 1000) -> dict:
+def generation_quality(
+    model,
+    state,
+    synthetic_images,
+    synthetic_ids,
+    real_train_source,
+    real_test_source,
+    *,
+    taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT,
+    max_real_images: int = 1000,
+) -> dict:
     """How a classifier trained on real images only sees generated images.
 
     Args:
@@ -738,8 +814,11 @@ def generation_quality(model, state, synthetic_images, synthetic_ids, real_train
 
     gen_pred = predicted_sets(gen_logits)
     hits = gen_pred == synthetic_ids
-    per_set = {taxonomy.folder_name(s): float(hits[synthetic_ids == s].mean())
-               for s in range(taxonomy.num_sets) if np.any(synthetic_ids == s)}
+    per_set = {
+        taxonomy.folder_name(s): float(hits[synthetic_ids == s].mean())
+        for s in range(taxonomy.num_sets)
+        if np.any(synthetic_ids == s)
+    }
     return {
         "agreement": float(hits.mean()),
         "agreement_per_set": per_set,

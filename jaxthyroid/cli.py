@@ -52,9 +52,7 @@ def _cmd_data_build(args) -> None:
         if args.quick:
             sizes = {k: (v if getattr(args, k) is not None else QUICK_SIZES[k]) for k, v in sizes.items()}
         sizes = {k: v for k, v in sizes.items() if v is not None}
-        info = phantom_builder.build_phantom(
-            args.data_dir, cross_fraction=args.cross_fraction, seed=args.seed, **sizes
-        )
+        info = phantom_builder.build_phantom(args.data_dir, cross_fraction=args.cross_fraction, seed=args.seed, **sizes)
         print(f"phantom data set ready: {info}")
     else:
         if not args.root:
@@ -75,8 +73,10 @@ def _cmd_data_build(args) -> None:
         print(f"  {len(plan.taxonomy.finding_sets)} finding sets, findings: {', '.join(plan.taxonomy.findings)}")
         if plan.skipped:
             print(f"  skipped {len(plan.skipped)} bad file(s)")
-        print(f"  train on it with: jaxthyroid train --config cross_training_quick "
-              f"--config.data.source=folder --config.data.dataset_dir={path} --config.data.size={args.size or 128}")
+        print(
+            f"  train on it with: jaxthyroid train --config cross_training_quick "
+            f"--config.data.source=folder --config.data.dataset_dir={path} --config.data.size={args.size or 128}"
+        )
 
 
 # --------------------------------------------------------------------------- train / evaluate / predict
@@ -95,8 +95,10 @@ def _cmd_train(args, overrides) -> None:
     print(f"run directory: {result['workdir']}  ({time.perf_counter() - start:.0f} s)")
     check = result.get("graft_check", {})
     if check:
-        print(f"graft check: max |logit difference| phase 1 vs grafted cross model = "
-              f"{check['max_abs_logit_diff']:.2e} on {check['images']} validation images")
+        print(
+            f"graft check: max |logit difference| phase 1 vs grafted cross model = "
+            f"{check['max_abs_logit_diff']:.2e} on {check['images']} validation images"
+        )
     print(cross_training.summary_table(result))
 
 
@@ -108,9 +110,16 @@ def _cmd_evaluate(args) -> None:
         print(json.dumps(result, indent=2, default=float))
         return
     print(cross_training.summary_table({"evaluations": {args.which: result}}))
-    rows = [{"finding": name, **{m: result["all"]["per_finding"][name][m]
-                                 for m in ("recall", "precision", "specificity", "f1", "auc", "support")}}
-            for name in result["all"]["per_finding"]]
+    rows = [
+        {
+            "finding": name,
+            **{
+                m: result["all"]["per_finding"][name][m]
+                for m in ("recall", "precision", "specificity", "f1", "auc", "support")
+            },
+        }
+        for name in result["all"]["per_finding"]
+    ]
     from jaxthyroid import report
 
     print(f"per finding, all {result['all']['count']} test images:")
@@ -181,8 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = dsub.add_parser("build", help="build the phantom data set or one from a folder of images")
     b.add_argument("source", choices=("phantom", "folder"))
     b.add_argument("root", nargs="?", help="folder: ROOT/<finding>[+<finding>]/*.png|tif|jpg|dcm")
-    b.add_argument("--data-dir", default=os.environ.get("JAXTHYROID_DATA_DIR", "data_dir"),
-                   help="where data sets are written (default ./data_dir or $JAXTHYROID_DATA_DIR)")
+    b.add_argument(
+        "--data-dir",
+        default=os.environ.get("JAXTHYROID_DATA_DIR", "data_dir"),
+        help="where data sets are written (default ./data_dir or $JAXTHYROID_DATA_DIR)",
+    )
     b.add_argument("--size", type=int, default=None, help="image size (phantom: 64/128/256; default 128)")
     b.add_argument("--n-train", type=int, default=None)
     b.add_argument("--n-val", type=int, default=None)
@@ -191,35 +203,51 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cross-fraction", type=float, default=0.25)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--name", default=None, help="folder: data set name (default: the folder's name)")
-    b.add_argument("--taxonomy-from-folders", action="store_true",
-                   help="folder: take the findings from the folder names instead of the default six")
+    b.add_argument(
+        "--taxonomy-from-folders",
+        action="store_true",
+        help="folder: take the findings from the folder names instead of the default six",
+    )
     b.add_argument("--labels-csv", default=None, help="folder: CSV of path,finding_set instead of folders")
     b.add_argument("--skip-bad", action="store_true", help="folder: skip unreadable files (reports a count)")
     b.set_defaults(handler=_cmd_data_build)
 
-    t = sub.add_parser("train", help="two-phase cross-training from a config file",
-                       description="Overrides: --config.KEY=VALUE (e.g. --config.phase2.epochs=5).")
+    t = sub.add_parser(
+        "train",
+        help="two-phase cross-training from a config file",
+        description="Overrides: --config.KEY=VALUE (e.g. --config.phase2.epochs=5).",
+    )
     t.add_argument("--config", required=True, help="config file or name in experiments/configs (e.g. quick)")
     t.add_argument("--workdir", default=None, help="run directory (default: the config's workdir)")
     t.set_defaults(handler=_cmd_train, takes_overrides=True)
 
     e = sub.add_parser("evaluate", help="evaluate a run's final model on its test split")
     e.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
-    e.add_argument("--which", default="phase2", choices=("phase1", "phase2", "plain"),
-                   help="which model of the run (default phase2, the cross-trained one)")
+    e.add_argument(
+        "--which",
+        default="phase2",
+        choices=("phase1", "phase2", "plain"),
+        help="which model of the run (default phase2, the cross-trained one)",
+    )
     e.add_argument("--json", action="store_true", help="the full report as JSON")
     e.set_defaults(handler=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="findings with probabilities for image files")
     pr.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
     pr.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/DICOM files")
-    pr.add_argument("--which", default="phase2", choices=("phase1", "phase2", "plain"),
-                    help="which model of the run (default phase2, the cross-trained one)")
+    pr.add_argument(
+        "--which",
+        default="phase2",
+        choices=("phase1", "phase2", "plain"),
+        help="which model of the run (default phase2, the cross-trained one)",
+    )
     pr.add_argument("--json", action="store_true", help="one JSON list of {file, findings, probabilities}")
     pr.set_defaults(handler=_cmd_predict)
 
     a = sub.add_parser("augment", help="generate images with trained DCGAN+SRGAN into a synthetic TFDS set")
-    a.add_argument("--gan-dir", default=None, help="folder holding dcgan/ and srgan/ (e.g. a reproduce run's seed0/gan)")
+    a.add_argument(
+        "--gan-dir", default=None, help="folder holding dcgan/ and srgan/ (e.g. a reproduce run's seed0/gan)"
+    )
     a.add_argument("--dcgan-dir", default=None)
     a.add_argument("--srgan-dir", default=None)
     a.add_argument("--per-set", type=int, default=100, help="images per finding set (default 100)")
@@ -229,8 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--overwrite", action="store_true", help="replace an existing set of that name")
     a.set_defaults(handler=_cmd_augment)
 
-    r = sub.add_parser("reproduce", help="the whole method end to end, with report.md",
-                       description="Overrides: --config.KEY=VALUE apply to the preset.")
+    r = sub.add_parser(
+        "reproduce",
+        help="the whole method end to end, with report.md",
+        description="Overrides: --config.KEY=VALUE apply to the preset.",
+    )
     r.add_argument("--preset", default="quick", help="quick | paper | a config file")
     r.add_argument("--out", default=None, help="output folder (default runs/reproduce_<preset>)")
     r.add_argument("--force", action="append", help="redo this stage (repeatable)")
@@ -289,8 +320,12 @@ def main(argv: list[str] | None = None) -> int:
 def _user_error_types() -> tuple[type, ...]:
     """Error classes of the library that mean a bad input, not a bug (imported lazily)."""
     types = []
-    for module, name in (("jaxthyroid.data.features", "DataError"), ("jaxthyroid.data.images", "ImageError"), ("jaxthyroid.train.loop", "TrainingDiverged"),
-                         ("jaxthyroid.train.checkpoint", "CheckpointError")):
+    for module, name in (
+        ("jaxthyroid.data.features", "DataError"),
+        ("jaxthyroid.data.images", "ImageError"),
+        ("jaxthyroid.train.loop", "TrainingDiverged"),
+        ("jaxthyroid.train.checkpoint", "CheckpointError"),
+    ):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
             types.append(getattr(mod, name))

@@ -29,8 +29,9 @@ def cache_dir(cache_dir: str | os.PathLike | None = None) -> pathlib.Path | None
     return pathlib.Path(value).expanduser() if value.strip() else DEFAULT_DIR.expanduser()
 
 
-def enable(cache_dir: str | os.PathLike | None = None, *,
-           min_compile_secs: float = MIN_COMPILE_SECS) -> pathlib.Path | None:
+def enable(
+    cache_dir: str | os.PathLike | None = None, *, min_compile_secs: float = MIN_COMPILE_SECS
+) -> pathlib.Path | None:
     """Turns the persistent cache on; returns its directory, or None when it is off.
 
     Before ``import jax`` it only sets JAX's environment variables (so ``--help``

@@ -33,8 +33,10 @@ def resolve_config_path(name_or_path: str) -> pathlib.Path:
         if cand.exists():
             return cand
     known = sorted(f.stem for f in CONFIG_DIR.glob("*.py") if not f.stem.startswith("_"))
-    raise ConfigError(f"config {name_or_path!r} not found: give a .py file with get_config() "
-                      f"or one of {', '.join(known) or '(none found)'}")
+    raise ConfigError(
+        f"config {name_or_path!r} not found: give a .py file with get_config() "
+        f"or one of {', '.join(known) or '(none found)'}"
+    )
 
 
 def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
@@ -82,7 +84,9 @@ def _parse_value(text: str, current):
         return tuple(value)
     if isinstance(current, str) and not isinstance(value, str):
         return text
-    if type(current) is not type(value) and not (isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))):
+    if type(current) is not type(value) and not (
+        isinstance(current, (list, tuple)) and isinstance(value, (list, tuple))
+    ):
         raise ConfigError(f"expected {type(current).__name__}, got {text!r}")
     return value
 

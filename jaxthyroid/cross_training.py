@@ -75,12 +75,19 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
         from jaxthyroid.data import phantom_builder
 
         dataset_dir = phantom_builder.build_phantom(
-            data_cfg.data_dir, size=data_cfg.size, n_train=data_cfg.n_train, n_val=data_cfg.n_val,
-            n_test=data_cfg.n_test, cross_fraction=data_cfg.cross_fraction, seed=seed)
+            data_cfg.data_dir,
+            size=data_cfg.size,
+            n_train=data_cfg.n_train,
+            n_val=data_cfg.n_val,
+            n_test=data_cfg.n_test,
+            cross_fraction=data_cfg.cross_fraction,
+            seed=seed,
+        )
     elif data_cfg.source == "folder":
         if not data_cfg.dataset_dir:
-            raise ConfigError("data.source=folder needs data.dataset_dir: the folder that "
-                              "`jaxthyroid data build folder` printed")
+            raise ConfigError(
+                "data.source=folder needs data.dataset_dir: the folder that `jaxthyroid data build folder` printed"
+            )
         dataset_dir = data_cfg.dataset_dir
     else:
         raise ConfigError(f"data.source must be 'phantom' or 'folder', not {data_cfg.source!r}")
@@ -92,8 +99,13 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
     if data_cfg.synthetic_dir and data_cfg.synthetic_ratio > 0:
         synthetic = features.load_source(data_cfg.synthetic_dir, "train")
         train = sources.mix_sources(train, synthetic, data_cfg.synthetic_ratio, seed=seed)
-    return Data(taxonomy, train, features.load_source(dataset_dir, "validation"),
-                features.load_source(dataset_dir, "test"), data_cfg.size)
+    return Data(
+        taxonomy,
+        train,
+        features.load_source(dataset_dir, "validation"),
+        features.load_source(dataset_dir, "test"),
+        data_cfg.size,
+    )
 
 
 # ----------------------------------------------------------------------------- models
@@ -107,9 +119,16 @@ def build_model(cfg, *, cross: bool, num_classes: int):
     if cfg.model.get("num_filters", 0) and cfg.model.name.startswith("resnet"):
         overrides["num_filters"] = int(cfg.model.num_filters)  # a narrower/wider ResNet
     try:
-        return registry.get_model(cfg.model.name, num_classes=num_classes, in_channels=1, dtype=dtype,
-                                  cross=cross, cross_source=cfg.model.cross_source,
-                                  conv_im2col=cfg.model.get("conv_im2col", None), **overrides)
+        return registry.get_model(
+            cfg.model.name,
+            num_classes=num_classes,
+            in_channels=1,
+            dtype=dtype,
+            cross=cross,
+            cross_source=cfg.model.cross_source,
+            conv_im2col=cfg.model.get("conv_im2col", None),
+            **overrides,
+        )
     except ValueError as e:  # unknown name / no cross form: a config problem
         raise ConfigError(f"model: {e}") from None
 
@@ -182,8 +201,7 @@ def graft(phase1_variables: dict, cross_model, *, size: int, key) -> dict:
 
 def logits_fn(model):
     """Jitted inference ``(variables, images [B, H, W, 1]) -> logits [B, F]`` (float32)."""
-    return xla_options.jit(lambda variables, images: model.apply(variables, images, train=False)
-                   .astype(jnp.float32))
+    return xla_options.jit(lambda variables, images: model.apply(variables, images, train=False).astype(jnp.float32))
 
 
 # ----------------------------------------------------------------------------- one phase
@@ -217,12 +235,13 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
     n_dev = mesh.size if mesh is not None else 1
     for field in ("batch_size", "eval_batch_size"):
         if cfg.data[field] % n_dev:
-            raise ConfigError(f"data.{field}={cfg.data[field]} must be a multiple of the "
-                              f"{n_dev} devices")
+            raise ConfigError(f"data.{field}={cfg.data[field]} must be a multiple of the {n_dev} devices")
     steps_per_epoch = len(source) // batch_size
     if steps_per_epoch == 0:
-        raise ConfigError(f"{name}: {len(source)} training images is less than one batch of "
-                          f"{batch_size}; lower data.batch_size or raise data.n_train")
+        raise ConfigError(
+            f"{name}: {len(source)} training images is less than one batch of "
+            f"{batch_size}; lower data.batch_size or raise data.n_train"
+        )
     total_steps = steps_per_epoch * phase_cfg.epochs
     tx = make_tx(cfg, name, total_steps)
     key = jax.random.fold_in(jax.random.key(cfg.seed), PHASES.index(name))
@@ -239,36 +258,53 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
     # otherwise, the step would compile a second time after its first call).
     mesh_or_one = parallel.mesh_or_single(mesh)
     if initial_variables is None:
-        variables = init_variables(model, state_lib.init_key(cfg.seed, PHASES.index(name)), data.size,
-                                   mesh=mesh_or_one)
+        variables = init_variables(model, state_lib.init_key(cfg.seed, PHASES.index(name)), data.size, mesh=mesh_or_one)
     else:
         variables = jax.device_put(initial_variables, parallel.replicated(mesh_or_one))
-    state = state_lib.state_from_variables(model, tx, variables, mesh=mesh_or_one,
-                                           donate=initial_variables is None)
+    state = state_lib.state_from_variables(model, tx, variables, mesh=mesh_or_one, donate=initial_variables is None)
     train_step, eval_step = steps_lib.make_classifier_steps(model, mesh)
     augment = transforms.AugmentConfig() if cfg.data.augment else None
 
     def train_batches(epoch):
         # Seeded by phase and epoch: a resumed epoch replays the same batches.
         seed = cfg.seed * 100_003 + PHASES.index(name) * 1_000 + epoch
-        return iter(pipeline.make_loader(source, batch_size=batch_size, seed=seed, shuffle=True,
-                                         num_epochs=1, augment=augment))
+        return iter(
+            pipeline.make_loader(source, batch_size=batch_size, seed=seed, shuffle=True, num_epochs=1, augment=augment)
+        )
 
     def eval_batches():
         return pipeline.eval_batches(data.validation, cfg.data.eval_batch_size)
 
     start = time.perf_counter()
     _, history = loop.fit(
-        state=state, train_step=train_step, eval_step=eval_step, train_batches=train_batches,
-        eval_batches=eval_batches, num_epochs=phase_cfg.epochs, workdir=workdir, key=key, mesh=mesh,
-        steps_per_epoch=steps_per_epoch, checkpoint_every_steps=cfg.checkpoint_every_steps, keep=cfg.keep,
-        best_metric="val_exact_match", best_mode="max", eval_fn=_subset_accuracy,
-        log_every=cfg.log_every, phase=name)
+        state=state,
+        train_step=train_step,
+        eval_step=eval_step,
+        train_batches=train_batches,
+        eval_batches=eval_batches,
+        num_epochs=phase_cfg.epochs,
+        workdir=workdir,
+        key=key,
+        mesh=mesh,
+        steps_per_epoch=steps_per_epoch,
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
+        keep=cfg.keep,
+        best_metric="val_exact_match",
+        best_mode="max",
+        eval_fn=_subset_accuracy,
+        log_every=cfg.log_every,
+        phase=name,
+    )
     # fit donated its input state; the abstract template receives the best checkpoint.
     state = loop.restore_state(workdir, template, which="best")
     best = max(history, key=lambda h: h.get("val_exact_match", -1.0))
-    info = {"history": history, "best_epoch": best["epoch"], "train_images": len(source),
-            "steps": total_steps, "seconds": time.perf_counter() - start}
+    info = {
+        "history": history,
+        "best_epoch": best["epoch"],
+        "train_images": len(source),
+        "steps": total_steps,
+        "seconds": time.perf_counter() - start,
+    }
     tmp = done.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(info, indent=1, default=report.json_default))
     os.replace(tmp, done)
@@ -293,17 +329,23 @@ def predict_probs(model, variables, source, batch_size: int, mesh=None, *, apply
         labels.append(np.asarray(batch["findings"])[mask])
         subset.append(np.asarray(batch["subset"])[mask])
         set_ids.append(np.asarray(batch["finding_set"])[mask])
-    return {"probs": np.concatenate(probs), "labels": np.concatenate(labels),
-            "subset": np.concatenate(subset), "finding_set": np.concatenate(set_ids)}
+    return {
+        "probs": np.concatenate(probs),
+        "labels": np.concatenate(labels),
+        "subset": np.concatenate(subset),
+        "finding_set": np.concatenate(set_ids),
+    }
 
 
-def evaluate(model, variables, data: Data, *, batch_size: int, mesh=None, figure_path=None,
-             title: str | None = None, apply=None) -> dict:
+def evaluate(
+    model, variables, data: Data, *, batch_size: int, mesh=None, figure_path=None, title: str | None = None, apply=None
+) -> dict:
     """Test-split report (:func:`jaxthyroid.metrics.classification_report`) plus
     ``confusion_matrix`` over finding sets (rows true, columns predicted, last ``other``)."""
     out = predict_probs(model, variables, data.test, batch_size, mesh, apply=apply)
-    result = metrics_lib.classification_report(out["probs"], out["labels"], subset=out["subset"],
-                                               taxonomy=data.taxonomy)
+    result = metrics_lib.classification_report(
+        out["probs"], out["labels"], subset=out["subset"], taxonomy=data.taxonomy
+    )
     pred_ids = data.taxonomy.set_id_of_multi_hot(findings_lib.predict(out["probs"]))
     cm = metrics_lib.confusion_matrix(pred_ids, out["finding_set"], data.taxonomy.num_sets)
     result["confusion_matrix"] = cm.tolist()
@@ -340,8 +382,10 @@ def _write_config(cfg, workdir: pathlib.Path) -> None:
         old = json.loads(path.read_text())
         if _comparable(old) != _comparable(new):
             diff = sorted(_diff_keys(_comparable(old), _comparable(new)))
-            raise ConfigError(f"{workdir} holds a run with another config (differs in "
-                              f"{', '.join(diff[:6])}); use another --workdir or delete it")
+            raise ConfigError(
+                f"{workdir} holds a run with another config (differs in "
+                f"{', '.join(diff[:6])}); use another --workdir or delete it"
+            )
     path.write_text(json.dumps(new, indent=2))
 
 
@@ -391,16 +435,22 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     def model_of(name):
         return (cross_model, cross_apply) if phase_is_cross(cfg, name) else (plain_model, plain_apply)
 
-    results = {"workdir": str(workdir), "histories": {}, "evaluations": {}, "best_epochs": {},
-               "train_seconds": {}}
+    results = {"workdir": str(workdir), "histories": {}, "evaluations": {}, "best_epochs": {}, "train_seconds": {}}
 
     def record(name, state, history, info, model, apply):
         results["histories"][name] = history
         results["best_epochs"][name] = info.get("best_epoch")
         results["train_seconds"][name] = info.get("seconds")
         results["evaluations"][name] = evaluate(
-            model, state_lib.variables_of(state), data, batch_size=ebs, mesh=mesh, apply=apply,
-            figure_path=workdir / f"confusion_{name}.png", title=f"{name}: test finding sets")
+            model,
+            state_lib.variables_of(state),
+            data,
+            batch_size=ebs,
+            mesh=mesh,
+            apply=apply,
+            figure_path=workdir / f"confusion_{name}.png",
+            title=f"{name}: test finding sets",
+        )
 
     if phase_enabled(cfg, "phase1"):
         model1, apply1 = model_of("phase1")
@@ -421,8 +471,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         results["graft_check"]["phase1_model"] = "cross" if phase_is_cross(cfg, "phase1") else "plain"
         del state1, phase1_vars
 
-        state2, hist2, info2 = train_phase("phase2", cfg, data, model2, initial_variables=start_vars,
-                                           mesh=mesh)
+        state2, hist2, info2 = train_phase("phase2", cfg, data, model2, initial_variables=start_vars, mesh=mesh)
         record("phase2", state2, hist2, info2, model2, apply2)
         del state2, start_vars
         report.plot_curves({"phase1": hist1, "phase2": hist2}, workdir / "curves.png")
@@ -458,13 +507,13 @@ def load_run(run_dir, which: str = "phase2"):
     """``(cfg, taxonomy, model, variables)`` of a phase's best checkpoint in a run directory."""
     run = pathlib.Path(run_dir)
     if not (run / "config.json").exists():
-        raise FileNotFoundError(f"{run} is not a run directory (no config.json): "
-                                "run `jaxthyroid train` first")
+        raise FileNotFoundError(f"{run} is not a run directory (no config.json): run `jaxthyroid train` first")
     if which not in PHASES:
         raise ConfigError(f"--which must be one of {', '.join(PHASES)}, not {which!r}")
     if not (run / which / "checkpoints").is_dir():
-        raise FileNotFoundError(f"{run} has no {which} checkpoints: that phase has not run "
-                                "(rerun `jaxthyroid train` with this workdir)")
+        raise FileNotFoundError(
+            f"{run} has no {which} checkpoints: that phase has not run (rerun `jaxthyroid train` with this workdir)"
+        )
     cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
     taxonomy = findings_lib.Taxonomy.from_dict(json.loads((run / "taxonomy.json").read_text()))
     model = build_model(cfg, cross=phase_is_cross(cfg, which), num_classes=taxonomy.num_findings)
@@ -496,6 +545,11 @@ def predict_files(run_dir, paths, *, which: str = "phase2") -> list[dict]:
     x = transforms.normalize_counts(counts.astype(np.float32))
     probs = np.asarray(jax.nn.sigmoid(logits_fn(model)(variables, jnp.asarray(x))))
     pred = findings_lib.predict(probs)
-    return [{"file": str(p), "findings": list(taxonomy.decode(m)),
-             "probabilities": {f: float(v) for f, v in zip(taxonomy.findings, pr)}}
-            for p, m, pr in zip(paths, pred, probs)]
+    return [
+        {
+            "file": str(p),
+            "findings": list(taxonomy.decode(m)),
+            "probabilities": {f: float(v) for f, v in zip(taxonomy.findings, pr)},
+        }
+        for p, m, pr in zip(paths, pred, probs)
+    ]

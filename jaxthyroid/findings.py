@@ -95,9 +95,7 @@ class Taxonomy:
             raise UnknownFindingError("an empty finding set has no name")
         for n in names:
             if n not in self.findings:
-                raise UnknownFindingError(
-                    f"unknown finding {n!r}; known findings: {', '.join(self.findings)}"
-                )
+                raise UnknownFindingError(f"unknown finding {n!r}; known findings: {', '.join(self.findings)}")
         return tuple(sorted(names, key=self.findings.index))
 
     def folder_name(self, finding_set: Sequence[str] | int) -> str:

@@ -35,8 +35,10 @@ def _macro(ev: dict, subset: str = "all") -> dict:
 def method_evaluations(seed_result: dict) -> dict[str, dict]:
     """Tab.3 rows: method name -> evaluation (classification_report) of one seed."""
     cl = seed_result["classifier"]["evaluations"]
-    rows = {"Cross-residual ResNet, two-phase + GAN (ours, full)": cl["phase2"],
-            "ResNet after phase 1 (single-feature training)": cl["phase1"]}
+    rows = {
+        "Cross-residual ResNet, two-phase + GAN (ours, full)": cl["phase2"],
+        "ResNet after phase 1 (single-feature training)": cl["phase1"],
+    }
     if "plain" in cl:
         rows["ResNet, plain, trained once"] = cl["plain"]
     for name, res in seed_result["baselines"].items():
@@ -79,7 +81,8 @@ def _noise(values_a: Sequence[float], values_b: Sequence[float], n_test: int) ->
     p = np.clip(np.mean(values_a + values_b), 0.05, 0.95)
     return 2 * math.sqrt(2 * p * (1 - p) / max(n_test, 1)), (
         "twice the binomial standard error of a difference on this test set (one seed: run --seeds 3 "
-        "for the seed-to-seed spread)")
+        "for the seed-to-seed spread)"
+    )
 
 
 # ----------------------------------------------------------------------------- the report
@@ -90,11 +93,13 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
     numbers: dict = {"preset": cfg.preset, "seeds": len(per_seed), "paper": PAPER}
     md: list[str] = []
     md.append(f"# jaxthyroid reproduction report — preset `{cfg.preset}`\n")
-    md.append(f"{datetime.date.today().isoformat()} · {len(per_seed)} seed(s) · Python "
-              f"{platform.python_version()} on {platform.machine()} · data: thyroid scintigraphy phantom "
-              f"{cfg.classifier.data.size}² ({cfg.classifier.data.n_train} train / {cfg.classifier.data.n_val} "
-              f"val / {cfg.classifier.data.n_test} test, {cfg.classifier.data.cross_fraction:.0%} "
-              "cross-feature). Values are mean ± sample std over seeds where there are several.\n")
+    md.append(
+        f"{datetime.date.today().isoformat()} · {len(per_seed)} seed(s) · Python "
+        f"{platform.python_version()} on {platform.machine()} · data: thyroid scintigraphy phantom "
+        f"{cfg.classifier.data.size}² ({cfg.classifier.data.n_train} train / {cfg.classifier.data.n_val} "
+        f"val / {cfg.classifier.data.n_test} test, {cfg.classifier.data.cross_fraction:.0%} "
+        "cross-feature). Values are mean ± sample std over seeds where there are several.\n"
+    )
 
     # -- headline against the paper ---------------------------------------------------
     hist = [r["classifier"]["histories"]["phase2"] for r in per_seed]
@@ -104,20 +109,39 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
     min_metric = [min(ev["all"]["macro"][m] for m in ("recall", "precision", "specificity", "f1")) for ev in full]
     numbers["headline"] = {"val_accuracy": final_acc, "val_loss": final_loss, "min_macro_metric": min_metric}
     md.append("## Against the paper\n")
-    md.append(report.markdown_table([
-        {"quantity": "validation accuracy (exact match), last epoch", "paper": f"{PAPER['val_accuracy']:.4f}",
-         "ours": _fmt(final_acc)},
-        {"quantity": "validation loss, last epoch", "paper": f"{PAPER['val_loss']:.4f}", "ours": _fmt(final_loss)},
-        {"quantity": "lowest of macro recall/precision/specificity/F1 (test)",
-         "paper": f"≥ {PAPER['other_metrics_min']:.3f}", "ours": _fmt(min_metric)},
-    ], ["quantity", "paper", "ours"]))
-    md.append("\nThe paper's figures come from real clinical scintigrams at its own scale; ours from the "
-              "simulator at this preset's scale, so only the direction of effects is comparable.\n")
+    md.append(
+        report.markdown_table(
+            [
+                {
+                    "quantity": "validation accuracy (exact match), last epoch",
+                    "paper": f"{PAPER['val_accuracy']:.4f}",
+                    "ours": _fmt(final_acc),
+                },
+                {
+                    "quantity": "validation loss, last epoch",
+                    "paper": f"{PAPER['val_loss']:.4f}",
+                    "ours": _fmt(final_loss),
+                },
+                {
+                    "quantity": "lowest of macro recall/precision/specificity/F1 (test)",
+                    "paper": f"≥ {PAPER['other_metrics_min']:.3f}",
+                    "ours": _fmt(min_metric),
+                },
+            ],
+            ["quantity", "paper", "ours"],
+        )
+    )
+    md.append(
+        "\nThe paper's figures come from real clinical scintigrams at its own scale; ours from the "
+        "simulator at this preset's scale, so only the direction of effects is comparable.\n"
+    )
 
     # -- Tab.1 / Tab.2 ----------------------------------------------------------------
     numbers["per_finding"] = {}
-    for title, subset in (("Tab.1 analogue — per finding, single-feature test images", "single"),
-                          ("Tab.2 analogue — per finding, cross-feature test images", "cross")):
+    for title, subset in (
+        ("Tab.1 analogue — per finding, single-feature test images", "single"),
+        ("Tab.2 analogue — per finding, cross-feature test images", "cross"),
+    ):
         rows = []
         for f in taxonomy.findings:
             row = {"finding": f}
@@ -147,8 +171,10 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         numbers["methods"][name]["exact_match_cross"] = vals
         rows.append(row)
     md.append("## Tab.3 analogue — methods on the same test set\n")
-    md.append("Exact match = all findings right (the paper's accuracy); the other columns are macro "
-              "averages over the six findings, on all test images.\n")
+    md.append(
+        "Exact match = all findings right (the paper's accuracy); the other columns are macro "
+        "averages over the six findings, on all test images.\n"
+    )
     md.append(report.markdown_table(rows, ["method", *METRICS, "exact_match (cross)"]))
     md.append("")
 
@@ -161,9 +187,11 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
     rows = []
     for name in ablation_evaluations(first):
         evs = [ablation_evaluations(r)[name] for r in per_seed]
-        entry = {"exact_match_cross": [e["cross"]["exact_match"] for e in evs],
-                 "exact_match_all": [e["all"]["exact_match"] for e in evs],
-                 "macro_f1": [e["all"]["macro"]["f1"] for e in evs]}
+        entry = {
+            "exact_match_cross": [e["cross"]["exact_match"] for e in evs],
+            "exact_match_all": [e["all"]["exact_match"] for e in evs],
+            "macro_f1": [e["all"]["macro"]["f1"] for e in evs],
+        }
         numbers["ablations"][name] = entry
         rows.append({"variant": name, **{k: _fmt(v) for k, v in entry.items()}})
     md.append("## Ablations\n")
@@ -177,13 +205,20 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         real = [r["scarcity"][f"{n}/real"]["evaluations"]["plain"]["all"]["macro"]["f1"] for r in per_seed]
         gan = [r["scarcity"][f"{n}/real+gan"]["evaluations"]["plain"]["all"]["macro"]["f1"] for r in per_seed]
         numbers["scarcity"][str(n)] = {"real": real, "real+gan": gan}
-        rows.append({"real images per finding set": n, "macro F1, real only": _fmt(real),
-                     "macro F1, real + GAN": _fmt(gan),
-                     "difference": _fmt([g - r for g, r in zip(gan, real)])})
+        rows.append(
+            {
+                "real images per finding set": n,
+                "macro F1, real only": _fmt(real),
+                "macro F1, real + GAN": _fmt(gan),
+                "difference": _fmt([g - r for g, r in zip(gan, real)]),
+            }
+        )
     md.append("## Data scarcity\n")
-    md.append(f"The plain {cfg.classifier.model.name} trained once ({cfg.scarcity.epochs} epoch(s)) on the given "
-              f"number of real training images per finding set, without and with the "
-              f"{cfg.synthetic.per_set} GAN images per finding set mixed in at ratio {cfg.synthetic.ratio}.\n")
+    md.append(
+        f"The plain {cfg.classifier.model.name} trained once ({cfg.scarcity.epochs} epoch(s)) on the given "
+        f"number of real training images per finding set, without and with the "
+        f"{cfg.synthetic.per_set} GAN images per finding set mixed in at ratio {cfg.synthetic.ratio}.\n"
+    )
     md.append(report.markdown_table(rows, list(rows[0]) if rows else ["real images per finding set"]))
     md.append("")
 
@@ -203,17 +238,29 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
     if all(q for q in quality):
         agree = [q["agreement"] for q in quality]
         frechet = [q["frechet_generated_vs_real"] for q in quality]
-        numbers["generation"] = {"agreement": agree, "frechet": frechet,
-                                 "frechet_real_vs_real": [q.get("frechet_real_vs_real", float("nan")) for q in quality]}
+        numbers["generation"] = {
+            "agreement": agree,
+            "frechet": frechet,
+            "frechet_real_vs_real": [q.get("frechet_real_vs_real", float("nan")) for q in quality],
+        }
         md.append("\nGenerated images (DCGAN → SRGAN), judged by a classifier trained on real images only:\n")
-        md.append(report.markdown_table([
-            {"measure": "share assigned to the conditioned finding set", "value": _fmt(agree)},
-            {"measure": "same for real test images (the classifier's own accuracy)",
-             "value": _fmt([q["real_test_agreement"] for q in quality])},
-            {"measure": "Fréchet distance to real test images (classifier features)", "value": _fmt(frechet)},
-            {"measure": "same, real training vs real test images (floor)",
-             "value": _fmt(numbers["generation"]["frechet_real_vs_real"])},
-        ], ["measure", "value"]))
+        md.append(
+            report.markdown_table(
+                [
+                    {"measure": "share assigned to the conditioned finding set", "value": _fmt(agree)},
+                    {
+                        "measure": "same for real test images (the classifier's own accuracy)",
+                        "value": _fmt([q["real_test_agreement"] for q in quality]),
+                    },
+                    {"measure": "Fréchet distance to real test images (classifier features)", "value": _fmt(frechet)},
+                    {
+                        "measure": "same, real training vs real test images (floor)",
+                        "value": _fmt(numbers["generation"]["frechet_real_vs_real"]),
+                    },
+                ],
+                ["measure", "value"],
+            )
+        )
     md.append("\n![generated samples, one row per finding set](samples.png)\n")
     md.append("![LR / bicubic / SR / HR](sr_comparison.png)\n")
     md.append("## Confusion matrix (final model, finding sets)\n")
@@ -228,35 +275,64 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
 def _effect(name: str, with_vals, without_vals, n_test: int, what: str) -> str:
     diff = float(np.mean(with_vals) - np.mean(without_vals))
     noise, noise_kind = _noise(list(with_vals), list(without_vals), n_test)
-    verdict = ("larger than the noise" if abs(diff) > noise else "within the noise")
+    verdict = "larger than the noise" if abs(diff) > noise else "within the noise"
     direction = "helps" if diff > 0 else "hurts" if diff < 0 else "makes no difference to"
-    return (f"- **{name}** {direction} {what}: {np.mean(with_vals):.3f} with vs {np.mean(without_vals):.3f} without "
-            f"(difference {diff:+.3f}; noise level {noise:.3f}, {noise_kind}) — {verdict}.")
+    return (
+        f"- **{name}** {direction} {what}: {np.mean(with_vals):.3f} with vs {np.mean(without_vals):.3f} without "
+        f"(difference {diff:+.3f}; noise level {noise:.3f}, {noise_kind}) — {verdict}."
+    )
 
 
 def _conclusions(cfg, numbers: dict, n_test: int, n_cross: int) -> list[str]:
     ab = numbers["ablations"]
     full = ab["full method"]
     lines = [
-        _effect("Two-phase cross-training", full["exact_match_cross"],
-                ab["without two-phase schedule"]["exact_match_cross"], n_cross,
-                "exact-match accuracy on cross-feature test images"),
-        _effect("The cross term", full["exact_match_cross"], ab["without cross term"]["exact_match_cross"], n_cross,
-                "exact-match accuracy on cross-feature test images"),
-        _effect("GAN augmentation (full data)", full["macro_f1"], ab["without GAN augmentation"]["macro_f1"], n_test,
-                "macro F1"),
+        _effect(
+            "Two-phase cross-training",
+            full["exact_match_cross"],
+            ab["without two-phase schedule"]["exact_match_cross"],
+            n_cross,
+            "exact-match accuracy on cross-feature test images",
+        ),
+        _effect(
+            "The cross term",
+            full["exact_match_cross"],
+            ab["without cross term"]["exact_match_cross"],
+            n_cross,
+            "exact-match accuracy on cross-feature test images",
+        ),
+        _effect(
+            "GAN augmentation (full data)",
+            full["macro_f1"],
+            ab["without GAN augmentation"]["macro_f1"],
+            n_test,
+            "macro F1",
+        ),
     ]
     for n, arms in numbers["scarcity"].items():
-        lines.append(_effect(f"GAN augmentation with {n} real images per finding set", arms["real+gan"],
-                             arms["real"], n_test, "macro F1 (F1 noise approximated by the accuracy's)"))
+        lines.append(
+            _effect(
+                f"GAN augmentation with {n} real images per finding set",
+                arms["real+gan"],
+                arms["real"],
+                n_test,
+                "macro F1 (F1 noise approximated by the accuracy's)",
+            )
+        )
     head = numbers["headline"]
     acc = float(np.mean(head["val_accuracy"]))
-    lines.append(f"- The paper reports validation accuracy {PAPER['val_accuracy']:.4f} and loss "
-                 f"{PAPER['val_loss']:.4f}; this run reaches {acc:.4f} and {float(np.mean(head['val_loss'])):.4f}. "
-                 f"Its lowest macro metric is {float(np.mean(head['min_macro_metric'])):.3f} against the paper's "
-                 f"≥ {PAPER['other_metrics_min']:.3f}"
-                 + (" — the quick preset trains small networks for a few epochs on a few hundred images, so "
-                    "lower numbers are expected." if cfg.preset == "quick" else "."))
+    lines.append(
+        f"- The paper reports validation accuracy {PAPER['val_accuracy']:.4f} and loss "
+        f"{PAPER['val_loss']:.4f}; this run reaches {acc:.4f} and {float(np.mean(head['val_loss'])):.4f}. "
+        f"Its lowest macro metric is {float(np.mean(head['min_macro_metric'])):.3f} against the paper's "
+        f"≥ {PAPER['other_metrics_min']:.3f}"
+        + (
+            " — the quick preset trains small networks for a few epochs on a few hundred images, so "
+            "lower numbers are expected."
+            if cfg.preset == "quick"
+            else "."
+        )
+    )
     return lines
 
 
@@ -280,9 +356,11 @@ def write(out: pathlib.Path, cfg, per_seed: Sequence[dict], *, elapsed_s: float)
         stage_seconds[marker.parent.name] = stage_seconds.get(marker.parent.name, 0.0) + seconds
     numbers["stage_seconds"] = stage_seconds
     numbers["elapsed_s"] = elapsed_s
-    markdown += ("\nTime per stage (all seeds, including earlier interrupted invocations' finished stages): "
-                 + ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items())
-                 + f"; total {sum(stage_seconds.values()):.0f} s.\n")
+    markdown += (
+        "\nTime per stage (all seeds, including earlier interrupted invocations' finished stages): "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items())
+        + f"; total {sum(stage_seconds.values()):.0f} s.\n"
+    )
     (out / "report.json").write_text(json.dumps(numbers, indent=2, default=report.json_default))
     path = out / "report.md"
     path.write_text(markdown)

@@ -221,8 +221,14 @@ def _layout(key, flags, params: PhantomParams = DEFAULT_PARAMS):
     fov = d.uniform(p.fov_mm)
     # -- gland size and shape per finding --
     size = _pick(
-        [(graves, d.uniform(p.graves_size)), (hashimoto, d.uniform(p.hashimoto_size)),
-         (subacute, d.uniform(p.subacute_size)), (goitre, d.uniform(p.goitre_size))], 1.0)
+        [
+            (graves, d.uniform(p.graves_size)),
+            (hashimoto, d.uniform(p.hashimoto_size)),
+            (subacute, d.uniform(p.subacute_size)),
+            (goitre, d.uniform(p.goitre_size)),
+        ],
+        1.0,
+    )
     roundness = jnp.where(graves, d.uniform(p.graves_roundness), 1.0)
     exponent = d.uniform(p.lobe_exponent)
     exponent = jnp.where(graves, 2.0 + 0.5 * (exponent - 2.0), exponent)  # rounder
@@ -248,18 +254,33 @@ def _layout(key, flags, params: PhantomParams = DEFAULT_PARAMS):
 
     # -- levels: gland concentration g (x background), texture, salivary --
     contrast = _pick(
-        [(graves, d.uniform(p.graves_contrast)), (hashimoto, d.uniform(p.hashimoto_contrast)),
-         (subacute, d.uniform(p.subacute_contrast))], d.uniform(p.normal_contrast))
+        [
+            (graves, d.uniform(p.graves_contrast)),
+            (hashimoto, d.uniform(p.hashimoto_contrast)),
+            (subacute, d.uniform(p.subacute_contrast)),
+        ],
+        d.uniform(p.normal_contrast),
+    )
     texture = _pick(
-        [(graves, d.uniform(p.graves_texture)), (hashimoto, d.uniform(p.hashimoto_texture)),
-         (subacute, d.uniform(p.subacute_texture))], d.uniform(p.normal_texture))
+        [
+            (graves, d.uniform(p.graves_texture)),
+            (hashimoto, d.uniform(p.hashimoto_texture)),
+            (subacute, d.uniform(p.subacute_texture)),
+        ],
+        d.uniform(p.normal_texture),
+    )
     hot_alone_peak = d.uniform(p.hot_nodule_contrast)
     gland_level = jnp.where(hot_alone, d.uniform(p.hot_nodule_rest) * hot_alone_peak, contrast)
     thyroid_peak = jnp.where(hot_alone, hot_alone_peak, contrast)
     salivary_rel = _pick(
-        [(graves, d.uniform(p.graves_salivary)), (hashimoto, d.uniform(p.hashimoto_salivary)),
-         (subacute, d.uniform(p.subacute_salivary)), (hot_alone, d.uniform(p.hot_nodule_salivary))],
-        d.uniform(p.normal_salivary))
+        [
+            (graves, d.uniform(p.graves_salivary)),
+            (hashimoto, d.uniform(p.hashimoto_salivary)),
+            (subacute, d.uniform(p.subacute_salivary)),
+            (hot_alone, d.uniform(p.hot_nodule_salivary)),
+        ],
+        d.uniform(p.normal_salivary),
+    )
     salivary_peak = salivary_rel * thyroid_peak
 
     # -- lobes in the patient frame (origin = gland centre) --
@@ -284,16 +305,23 @@ def _layout(key, flags, params: PhantomParams = DEFAULT_PARAMS):
     un = d.uniform((-0.3, 0.3), (_MAX_NODULES,))
     nod_c = centres[:, lobe_of] + vn * a[lobe_of] * e_v[:, lobe_of] + un * b[lobe_of] * e_u[:, lobe_of]
     diameter = jnp.where(
-        goitre, d.uniform(p.goitre_nodule_diameter_mm, (_MAX_NODULES,)),
-        jnp.where(hot, d.uniform(p.hot_nodule_diameter_mm, (_MAX_NODULES,)),
-                  d.uniform(p.cold_nodule_diameter_mm, (_MAX_NODULES,))))
+        goitre,
+        d.uniform(p.goitre_nodule_diameter_mm, (_MAX_NODULES,)),
+        jnp.where(
+            hot,
+            d.uniform(p.hot_nodule_diameter_mm, (_MAX_NODULES,)),
+            d.uniform(p.cold_nodule_diameter_mm, (_MAX_NODULES,)),
+        ),
+    )
     radius = 0.5 * diameter
     edge = d.uniform(p.nodule_edge_mm, (_MAX_NODULES,))
     # Nodule / surround; a hot nodule alone has its own absolute level (below).
-    hot_ratio = jnp.where(graves & ~goitre, d.uniform(p.graves_hot_ratio, (_MAX_NODULES,)),
-                          d.uniform(p.hot_ratio, (_MAX_NODULES,)))
-    cold_ratio = jnp.where(goitre, d.uniform(p.goitre_cold_level, (_MAX_NODULES,)),
-                           d.uniform(p.cold_nodule_level, (_MAX_NODULES,)))
+    hot_ratio = jnp.where(
+        graves & ~goitre, d.uniform(p.graves_hot_ratio, (_MAX_NODULES,)), d.uniform(p.hot_ratio, (_MAX_NODULES,))
+    )
+    cold_ratio = jnp.where(
+        goitre, d.uniform(p.goitre_cold_level, (_MAX_NODULES,)), d.uniform(p.cold_nodule_level, (_MAX_NODULES,))
+    )
     nod_level = gland_level * jnp.where(is_hot, hot_ratio, cold_ratio)
     nod_level = jnp.where(hot_alone, hot_alone_peak, nod_level)
     # A nodule is a sphere: it thickens the gland where it bulges out of the lobe.
@@ -329,8 +357,9 @@ def _layout(key, flags, params: PhantomParams = DEFAULT_PARAMS):
     marker_on = d.bernoulli(p.marker_prob)
     marker_two = d.bernoulli(0.5)
     notch = jnp.stack([0.0, d.uniform((35.0, 50.0))])
-    side_m = jnp.stack([d.uniform((0.32, 0.42)) * fov * jnp.where(d.bernoulli(0.5), 1.0, -1.0),
-                        d.uniform((-0.3, 0.3)) * fov - y0])
+    side_m = jnp.stack(
+        [d.uniform((0.32, 0.42)) * fov * jnp.where(d.bernoulli(0.5), 1.0, -1.0), d.uniform((-0.3, 0.3)) * fov - y0]
+    )
     marker_c = jnp.stack([notch, side_m], axis=1)
     marker_level = d.uniform(p.marker_level, (2,)) * marker_on * jnp.stack([1.0, marker_two])
 
@@ -347,20 +376,42 @@ def _layout(key, flags, params: PhantomParams = DEFAULT_PARAMS):
     pinhole = d.bernoulli(p.pinhole_prob)
     out = dict(
         fov=fov,
-        lobe_c=place(centres), lobe_ev=_rot(e_v, cos, sin), lobe_eu=_rot(e_u, cos, sin),
-        lobe_a=a * s, lobe_b=b * s, lobe_pear=pear, lobe_exponent=exponent,
+        lobe_c=place(centres),
+        lobe_ev=_rot(e_v, cos, sin),
+        lobe_eu=_rot(e_u, cos, sin),
+        lobe_a=a * s,
+        lobe_b=b * s,
+        lobe_pear=pear,
+        lobe_exponent=exponent,
         lobe_thick=b / b_mean,
-        isthmus_c=place(isthmus_c[:, None])[:, 0], isthmus_hx=(sep / 2 + 0.3 * half_wid) * s,
-        isthmus_hy=isthmus_h * s, isthmus_level=isthmus_level,
-        pyr_c=place(pyr_c[:, None])[:, 0], pyr_hx=pyr_half_wid * s, pyr_hy=pyr_half_len * s,
-        pyr_level=pyr_level, pyr_angle=phi + pyr_tilt,
-        rot_cos=cos, rot_sin=sin,
-        gland_level=gland_level, texture=texture,
-        nod_c=jnp.where(active, place(nod_c), 1e4), nod_r=radius * s, nod_edge=edge * s, nod_level=nod_level,
-        nod_thick=nod_thick, nod_active=active, nod_hot=is_hot & active,
-        patch_c=place(patch_c), patch_sigma=patch_sigma * s, patch_depth=patch_depth,
-        sal_c=place(sal_c), sal_sigma=sal_sigma * s, sal_level=sal_level,
-        marker_c=place(marker_c), marker_level=marker_level,
+        isthmus_c=place(isthmus_c[:, None])[:, 0],
+        isthmus_hx=(sep / 2 + 0.3 * half_wid) * s,
+        isthmus_hy=isthmus_h * s,
+        isthmus_level=isthmus_level,
+        pyr_c=place(pyr_c[:, None])[:, 0],
+        pyr_hx=pyr_half_wid * s,
+        pyr_hy=pyr_half_len * s,
+        pyr_level=pyr_level,
+        pyr_angle=phi + pyr_tilt,
+        rot_cos=cos,
+        rot_sin=sin,
+        gland_level=gland_level,
+        texture=texture,
+        nod_c=jnp.where(active, place(nod_c), 1e4),
+        nod_r=radius * s,
+        nod_edge=edge * s,
+        nod_level=nod_level,
+        nod_thick=nod_thick,
+        nod_active=active,
+        nod_hot=is_hot & active,
+        patch_c=place(patch_c),
+        patch_sigma=patch_sigma * s,
+        patch_depth=patch_depth,
+        sal_c=place(sal_c),
+        sal_sigma=sal_sigma * s,
+        sal_level=sal_level,
+        marker_c=place(marker_c),
+        marker_level=marker_level,
         gradient=d.uniform(p.background_gradient),
         pinhole=pinhole,
         psf_fwhm=jnp.where(pinhole, d.uniform(p.pinhole_fwhm_mm), d.uniform(p.parallel_fwhm_mm)),
@@ -432,8 +483,8 @@ def _gland_at(lay, x, y):
     ):
         cc, ss = (c, s) if ang is None else (jnp.cos(ang), jnp.sin(ang))
         dx, dy = x - cen[0], y - cen[1]
-        u = (dx * (cc / hx) + dy * (ss / hx))
-        v = (dx * (-ss / hy) + dy * (cc / hy))
+        u = dx * (cc / hx) + dy * (ss / hx)
+        v = dx * (-ss / hy) + dy * (cc / hy)
         thick2 = jnp.maximum(thick2, level * level * (1.0 - u * u - v * v))
     return jnp.sqrt(thick2)
 
@@ -530,7 +581,10 @@ def _expected_counts(key, lay, size, params):
     blobs = _gaussians(
         jnp.concatenate([lay["sal_c"], lay["marker_c"]], axis=1),
         jnp.concatenate([lay["sal_sigma"], jnp.full((2,), params.marker_sigma_mm)]),
-        jnp.concatenate([lay["sal_level"], lay["marker_level"]]), x, y)
+        jnp.concatenate([lay["sal_level"], lay["marker_level"]]),
+        x,
+        y,
+    )
     activity = thyroid + background[:, None] + blobs
     # Collimator PSF + scatter tail: (1-w) G_psf + w G_scatter, each separable.
     w = lay["scatter_weight"]
@@ -541,9 +595,14 @@ def _expected_counts(key, lay, size, params):
     integral = activity.sum() * px * px
     total = jnp.where(lay["preset_count"], lay["counts"], lay["counts"] * integral / params.reference_activity)
     expected = image * (total / image.sum())
-    return expected, dict(thyroid_support=support, nodule_mask=nodule_mask,
-                          thyroid_activity=thyroid, activity=activity,
-                          activity_integral=integral, total=total)
+    return expected, dict(
+        thyroid_support=support,
+        nodule_mask=nodule_mask,
+        thyroid_activity=thyroid,
+        activity=activity,
+        activity_integral=integral,
+        total=total,
+    )
 
 
 # ----------------------------------------------------------------------------------
@@ -562,7 +621,11 @@ def _hash32(x):
 def _pixel_counters(n: int) -> np.ndarray:
     x = np.arange(n, dtype=np.uint32)
     with np.errstate(over="ignore"):
-        x ^= x >> 16; x *= np.uint32(0x7FEB352D); x ^= x >> 15; x *= np.uint32(0x846CA68B); x ^= x >> 16
+        x ^= x >> 16
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> 15
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> 16
     return x
 
 
@@ -750,6 +813,7 @@ def describe(keys, finding_set_ids, *, size=128, params=DEFAULT_PARAMS) -> dict:
       ``preset_count`` bool ``[B]`` (else preset time), ``counts`` ``[B]`` (the total
       in preset-count mode; the reference total in preset-time mode).
     """
+
     def one(key, set_id):
         lay = _layout(jax.random.split(key, 3)[0], _set_table()[set_id], params)
         mm = lay["fov"] / size
@@ -758,9 +822,14 @@ def describe(keys, finding_set_ids, *, size=128, params=DEFAULT_PARAMS) -> dict:
             return (c / mm + size / 2 - 0.5).T
 
         return dict(
-            nodule_centre_px=to_px(lay["nod_c"]), nodule_radius_px=lay["nod_r"] / mm,
-            nodule_active=lay["nod_active"], nodule_hot=lay["nod_hot"],
-            lobe_centre_px=to_px(lay["lobe_c"]), mm_per_px=mm,
-            preset_count=lay["preset_count"], counts=lay["counts"])
+            nodule_centre_px=to_px(lay["nod_c"]),
+            nodule_radius_px=lay["nod_r"] / mm,
+            nodule_active=lay["nod_active"],
+            nodule_hot=lay["nod_hot"],
+            lobe_centre_px=to_px(lay["lobe_c"]),
+            mm_per_px=mm,
+            preset_count=lay["preset_count"],
+            counts=lay["counts"],
+        )
 
     return jax.vmap(one)(keys, finding_set_ids)

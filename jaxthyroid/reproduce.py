@@ -108,9 +108,17 @@ def _stage_data(cfg, seed):
         from jaxthyroid.data import phantom_builder
 
         d = cfg.classifier.data
-        path = phantom_builder.build_phantom(d.data_dir, size=d.size, n_train=d.n_train, n_val=d.n_val,
-                                             n_test=d.n_test, cross_fraction=d.cross_fraction, seed=seed)
+        path = phantom_builder.build_phantom(
+            d.data_dir,
+            size=d.size,
+            n_train=d.n_train,
+            n_val=d.n_val,
+            n_test=d.n_test,
+            cross_fraction=d.cross_fraction,
+            seed=seed,
+        )
         return {"dataset_dir": path}
+
     return stage
 
 
@@ -122,9 +130,11 @@ def _stage_gan(cfg, seed, data_dir):
         train = features.load_source(data_dir, "train")
         test = features.load_source(data_dir, "test")
         dcgan = augmentation.train_dcgan(cfg.gan.dcgan, train, directory / "dcgan", seed=seed)
-        srgan = augmentation.train_srgan(cfg.gan.srgan, train, test, directory / "srgan", seed=seed,
-                                         hr_size=cfg.classifier.data.size)
+        srgan = augmentation.train_srgan(
+            cfg.gan.srgan, train, test, directory / "srgan", seed=seed, hr_size=cfg.classifier.data.size
+        )
         return {"dcgan": dcgan, "srgan": srgan}
+
     return stage
 
 
@@ -133,12 +143,19 @@ def _stage_synthetic(cfg, seed, gan_dir):
         from jaxthyroid import augmentation
         from jaxthyroid.data import synthetic_builder
 
-        images, ids = augmentation.generate(gan_dir / "dcgan", gan_dir / "srgan", cfg.gan,
-                                            per_set=cfg.synthetic.per_set, seed=seed,
-                                            samples_path=directory / "samples.png")
-        path = synthetic_builder.build_synthetic(directory / "tfds", "synthetic", images, ids,
-                                                 input_range="unit", overwrite=True)
+        images, ids = augmentation.generate(
+            gan_dir / "dcgan",
+            gan_dir / "srgan",
+            cfg.gan,
+            per_set=cfg.synthetic.per_set,
+            seed=seed,
+            samples_path=directory / "samples.png",
+        )
+        path = synthetic_builder.build_synthetic(
+            directory / "tfds", "synthetic", images, ids, input_range="unit", overwrite=True
+        )
         return {"dataset_dir": path, "count": int(len(ids)), "samples": str(directory / "samples.png")}
+
     return stage
 
 
@@ -146,15 +163,19 @@ def _run_classifier(c) -> dict:
     from jaxthyroid import cross_training
 
     results = cross_training.run(c)
-    return {"evaluations": results["evaluations"], "histories": results["histories"],
-            "workdir": str(c.workdir)}
+    return {"evaluations": results["evaluations"], "histories": results["histories"], "workdir": str(c.workdir)}
 
 
 def _stage_classifier(cfg, seed, synthetic_dir):
     def stage(directory):
-        c = classifier_config(cfg, directory / "full", seed, **{
-            "data.synthetic_dir": synthetic_dir, "data.synthetic_ratio": cfg.synthetic.ratio})
+        c = classifier_config(
+            cfg,
+            directory / "full",
+            seed,
+            **{"data.synthetic_dir": synthetic_dir, "data.synthetic_ratio": cfg.synthetic.ratio},
+        )
         return _run_classifier(c)
+
     return stage
 
 
@@ -166,17 +187,23 @@ def _stage_ablations(cfg, seed, synthetic_dir):
             # images only, also scores the generated images: _gan_quality).
             "no_gan": classifier_config(cfg, directory / "no_gan", seed, **{"plain.enabled": False}),
             # Two phases, but phase 2 retrains the plain network (no cross term).
-            "no_cross": classifier_config(cfg, directory / "no_cross", seed, **gan, **{
-                "phase2.model": "plain", "plain.enabled": False}),
+            "no_cross": classifier_config(
+                cfg, directory / "no_cross", seed, **gan, **{"phase2.model": "plain", "plain.enabled": False}
+            ),
             # The cross-residual network trained once on everything.
-            "no_two_phase": classifier_config(cfg, directory / "no_two_phase", seed, **gan, **{
-                "phase1.enabled": False, "phase2.enabled": False, "plain.model": "cross"}),
+            "no_two_phase": classifier_config(
+                cfg,
+                directory / "no_two_phase",
+                seed,
+                **gan,
+                **{"phase1.enabled": False, "phase2.enabled": False, "plain.model": "cross"},
+            ),
         }
-        _reuse_phase1(classifier_config(cfg, directory.parent / "classifier" / "full", seed, **gan),
-                      runs["no_cross"])
+        _reuse_phase1(classifier_config(cfg, directory.parent / "classifier" / "full", seed, **gan), runs["no_cross"])
         result = {name: _run_classifier(c) for name, c in runs.items()}
         result["gan_quality"] = _gan_quality(directory / "no_gan", synthetic_dir)
         return result
+
     return stage
 
 
@@ -211,12 +238,23 @@ def _stage_baselines(cfg, seed, synthetic_dir):
     def stage(directory):
         out = {}
         for name in cfg.baselines:
-            c = classifier_config(cfg, directory / name, seed, **{
-                "model.name": name, "model.num_filters": 0, "data.synthetic_dir": synthetic_dir,
-                "data.synthetic_ratio": cfg.synthetic.ratio, "phase1.enabled": False,
-                "phase2.enabled": False, "plain.enabled": True})
+            c = classifier_config(
+                cfg,
+                directory / name,
+                seed,
+                **{
+                    "model.name": name,
+                    "model.num_filters": 0,
+                    "data.synthetic_dir": synthetic_dir,
+                    "data.synthetic_ratio": cfg.synthetic.ratio,
+                    "phase1.enabled": False,
+                    "phase2.enabled": False,
+                    "plain.enabled": True,
+                },
+            )
             out[name] = _run_classifier(c)
         return out
+
     return stage
 
 
@@ -225,13 +263,24 @@ def _stage_scarcity(cfg, seed, synthetic_dir):
         out = {}
         for n in cfg.scarcity.per_set:
             for arm, ratio in (("real", 0.0), ("real+gan", cfg.synthetic.ratio)):
-                c = classifier_config(cfg, directory / f"n{n}_{arm.replace('+', '_')}", seed, **{
-                    "data.train_per_set": int(n), "data.synthetic_dir": synthetic_dir if ratio else "",
-                    "data.synthetic_ratio": ratio, "phase1.enabled": False, "phase2.enabled": False,
-                    "plain.enabled": True, "plain.epochs": cfg.scarcity.epochs,
-                    "plain.warmup_steps": 0})  # a few dozen images: fewer steps than a warm-up
+                c = classifier_config(
+                    cfg,
+                    directory / f"n{n}_{arm.replace('+', '_')}",
+                    seed,
+                    **{
+                        "data.train_per_set": int(n),
+                        "data.synthetic_dir": synthetic_dir if ratio else "",
+                        "data.synthetic_ratio": ratio,
+                        "phase1.enabled": False,
+                        "phase2.enabled": False,
+                        "plain.enabled": True,
+                        "plain.epochs": cfg.scarcity.epochs,
+                        "plain.warmup_steps": 0,
+                    },
+                )  # a few dozen images: fewer steps than a warm-up
                 out[f"{n}/{arm}"] = _run_classifier(c)
         return out
+
     return stage
 
 
@@ -243,7 +292,9 @@ def run_seed(cfg, root: pathlib.Path, seed: int, force: Sequence[str], label: st
     synthetic = stage("synthetic", _stage_synthetic(cfg, seed, root / "gan"))
     sdir = synthetic["dataset_dir"]
     return {
-        "data": data, "gan": gan, "synthetic": synthetic,
+        "data": data,
+        "gan": gan,
+        "synthetic": synthetic,
         "classifier": stage("classifier", _stage_classifier(cfg, seed, sdir)),
         "ablations": stage("ablations", _stage_ablations(cfg, seed, sdir)),
         "baselines": stage("baselines", _stage_baselines(cfg, seed, sdir)),
@@ -251,8 +302,9 @@ def run_seed(cfg, root: pathlib.Path, seed: int, force: Sequence[str], label: st
     }
 
 
-def run(preset: str = "quick", *, out=None, force: Sequence[str] = (), seeds: int = 1,
-        overrides: Sequence[str] = ()) -> pathlib.Path:
+def run(
+    preset: str = "quick", *, out=None, force: Sequence[str] = (), seeds: int = 1, overrides: Sequence[str] = ()
+) -> pathlib.Path:
     """Runs every stage for ``seeds`` seeds and writes ``OUT/report.md``; returns its path."""
     cfg = load_preset(preset, overrides)
     out = pathlib.Path(out or f"runs/reproduce_{pathlib.Path(preset).stem}")

@@ -44,73 +44,76 @@ log = logging.getLogger(__name__)
 _use = True
 
 try:  # the check jax.jit itself makes before refusing compiler options (private, ~0.5 µs)
-  from jax._src.core import trace_state_clean as _trace_state_clean
+    from jax._src.core import trace_state_clean as _trace_state_clean
 except ImportError:  # another JAX: look for tracers among the arguments instead (~100 µs)
-  _trace_state_clean = None
+    _trace_state_clean = None
 
 
 @functools.cache
 def compiler_options() -> dict[str, str] | None:
-  """The ``compiler_options`` :func:`jit` passes (None: none, see the module doc)."""
-  if os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-    return None
-  if YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
-    return None
-  if jax.default_backend() != "cpu":
-    return None
-  options = {YNN_OPTION: YNN_WITHOUT_CONVOLUTION}
-  try:  # an unknown option is an error at compile time; probe once
-    jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
-  except Exception as err:  # noqa: BLE001 - any failure means: leave it out
-    log.info("XLA option %s not available (%s); convolutions keep jaxlib's default",
-             YNN_OPTION, str(err).splitlines()[0][:120])
-    return None
-  return options
+    """The ``compiler_options`` :func:`jit` passes (None: none, see the module doc)."""
+    if os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return None
+    if YNN_OPTION in os.environ.get("XLA_FLAGS", ""):
+        return None
+    if jax.default_backend() != "cpu":
+        return None
+    options = {YNN_OPTION: YNN_WITHOUT_CONVOLUTION}
+    try:  # an unknown option is an error at compile time; probe once
+        jax.jit(lambda x: x + 1, compiler_options=options).lower(jnp.zeros(())).compile()
+    except Exception as err:  # noqa: BLE001 - any failure means: leave it out
+        log.info(
+            "XLA option %s not available (%s); convolutions keep jaxlib's default",
+            YNN_OPTION,
+            str(err).splitlines()[0][:120],
+        )
+        return None
+    return options
 
 
 @contextlib.contextmanager
 def jaxlib_default():
-  """Within this block :func:`jit` adds no options (benchmarks compare both paths)."""
-  global _use
-  before, _use = _use, False
-  try:
-    yield
-  finally:
-    _use = before
+    """Within this block :func:`jit` adds no options (benchmarks compare both paths)."""
+    global _use
+    before, _use = _use, False
+    try:
+        yield
+    finally:
+        _use = before
 
 
 def jit(fun: Callable, **kwargs: Any):
-  """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` (if any) added.
+    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` (if any) added.
 
-  JAX accepts compiler options only on a top-level ``jit``; called while tracing
-  (inside another ``jit``, ``eval_shape``, ``grad``...) this runs a plain ``jit`` of
-  ``fun``, whose code the outer program then compiles with the outer options.
-  """
-  options = compiler_options() if _use else None
-  if not options:
-    return jax.jit(fun, **kwargs)
-  own = kwargs.pop("compiler_options", None) or {}
-  return _Jitted(fun, kwargs, {**options, **own})
+    JAX accepts compiler options only on a top-level ``jit``; called while tracing
+    (inside another ``jit``, ``eval_shape``, ``grad``...) this runs a plain ``jit`` of
+    ``fun``, whose code the outer program then compiles with the outer options.
+    """
+    options = compiler_options() if _use else None
+    if not options:
+        return jax.jit(fun, **kwargs)
+    own = kwargs.pop("compiler_options", None) or {}
+    return _Jitted(fun, kwargs, {**options, **own})
 
 
 class _Jitted:
-  """A top-level ``jit`` with compiler options, and a plain one for nested calls."""
+    """A top-level ``jit`` with compiler options, and a plain one for nested calls."""
 
-  def __init__(self, fun: Callable, kwargs: dict, options: dict):
-    self._top = jax.jit(fun, compiler_options=options, **kwargs)
-    self._nested = jax.jit(fun, **kwargs)
-    functools.update_wrapper(self, fun)
+    def __init__(self, fun: Callable, kwargs: dict, options: dict):
+        self._top = jax.jit(fun, compiler_options=options, **kwargs)
+        self._nested = jax.jit(fun, **kwargs)
+        functools.update_wrapper(self, fun)
 
-  def __call__(self, *args, **kwargs):
-    jitted = self._nested if _under_trace(args, kwargs) else self._top
-    return jitted(*args, **kwargs)
+    def __call__(self, *args, **kwargs):
+        jitted = self._nested if _under_trace(args, kwargs) else self._top
+        return jitted(*args, **kwargs)
 
-  def __getattr__(self, name: str):  # lower, trace, eval_shape, ... of the top-level jit
-    return getattr(self._top, name)
+    def __getattr__(self, name: str):  # lower, trace, eval_shape, ... of the top-level jit
+        return getattr(self._top, name)
 
 
 def _under_trace(args, kwargs) -> bool:
-  """Whether a call happens while JAX traces (inside jit, eval_shape, grad...)."""
-  if _trace_state_clean is not None:
-    return not _trace_state_clean()
-  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+    """Whether a call happens while JAX traces (inside jit, eval_shape, grad...)."""
+    if _trace_state_clean is not None:
+        return not _trace_state_clean()
+    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))

@@ -1,4 +1,5 @@
 """Test set-up: 8 host CPU devices for the multi-device tests, quiet logs."""
+
 import os
 
 # Must be set before JAX initialises its backends.
@@ -8,4 +9,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # Persistent XLA compilation cache (gitignored .jax_cache/; JAXTHYROID_CACHE_DIR=off disables).
 from jaxthyroid import compile_cache  # noqa: E402
-compile_cache.enable(os.environ.get("JAXTHYROID_CACHE_DIR") or os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+
+compile_cache.enable(
+    os.environ.get("JAXTHYROID_CACHE_DIR") or os.path.join(os.path.dirname(__file__), "..", ".jax_cache")
+)

@@ -43,8 +43,7 @@ class TinyNet(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool):
         x = nn.Conv(8, (3, 3), use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
-                         param_dtype=self.param_dtype)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype, param_dtype=self.param_dtype)(x)
         x = nn.relu(x).mean(axis=(1, 2))
         return nn.Dense(self.num_findings, dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
@@ -83,9 +82,12 @@ def run(mesh, rows: slice | None = None) -> dict:
         state, metrics = train_step(state, place(global_batch(step)), jax.random.key(1))
         losses.append(float(metrics["loss"]))
     evaluated = eval_step(state, place(global_batch(STEPS)))
-    out = {"losses": np.asarray(losses), "step": np.asarray(int(state.step)),
-           "eval_loss_sum": np.asarray(float(evaluated["loss_sum"])),
-           "eval_count": np.asarray(float(evaluated["count"]))}
+    out = {
+        "losses": np.asarray(losses),
+        "step": np.asarray(int(state.step)),
+        "eval_loss_sum": np.asarray(float(evaluated["loss_sum"])),
+        "eval_count": np.asarray(float(evaluated["count"])),
+    }
     # Parameters are replicated: every process holds a full copy to read.
     for prefix, tree in (("params", state.params), ("batch_stats", state.batch_stats)):
         for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -107,11 +109,13 @@ def main(argv=None) -> int:
     # has no cross-process collectives at all.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        parallel.initialize_distributed({
-            "coordinator_address": f"127.0.0.1:{args.port}",
-            "num_processes": args.num_processes,
-            "process_id": args.process_id,
-        })
+        parallel.initialize_distributed(
+            {
+                "coordinator_address": f"127.0.0.1:{args.port}",
+                "num_processes": args.num_processes,
+                "process_id": args.process_id,
+            }
+        )
         devices = jax.devices()  # creates the CPU client, with its gloo collectives
     except Exception as e:  # noqa: BLE001 - only a missing gloo is a skip; the rest re-raises
         if "gloo" in str(e).lower():

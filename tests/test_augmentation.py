@@ -34,14 +34,29 @@ def records(n=32, seed=0):
 
 def gan_cfg():
     c = ml_collections.ConfigDict()
-    c.dcgan = ml_collections.ConfigDict(dict(image_size=16, nz=8, ngf=8, ndf=8, epochs=2, batch_size=8,
-                                             learning_rate=2e-4))
-    c.srgan = ml_collections.ConfigDict(dict(
-        scale=2, num_blocks=2, features=16, pretrain_epochs=1, gan_epochs=1, batch_size=8, learning_rate=1e-4,
-        # mse content and one device keep the SRGAN step's compilation short; the
-        # feature-matching loss and the sharded step are tested in test_gan_steps.py.
-        adversarial_weight=1e-3, content_loss="mse", eval_images=8, data_parallel=False,
-        d_features=8, d_dense_features=16, d_pool_size=2))
+    c.dcgan = ml_collections.ConfigDict(
+        dict(image_size=16, nz=8, ngf=8, ndf=8, epochs=2, batch_size=8, learning_rate=2e-4)
+    )
+    c.srgan = ml_collections.ConfigDict(
+        dict(
+            scale=2,
+            num_blocks=2,
+            features=16,
+            pretrain_epochs=1,
+            gan_epochs=1,
+            batch_size=8,
+            learning_rate=1e-4,
+            # mse content and one device keep the SRGAN step's compilation short; the
+            # feature-matching loss and the sharded step are tested in test_gan_steps.py.
+            adversarial_weight=1e-3,
+            content_loss="mse",
+            eval_images=8,
+            data_parallel=False,
+            d_features=8,
+            d_dense_features=16,
+            d_pool_size=2,
+        )
+    )
     return c
 
 
@@ -56,7 +71,7 @@ def trained(tmp_path_factory):
 
 
 def test_train_dcgan_writes_checkpoints_logs_and_samples(trained):
-    root, cfg, *_ , summary, _ = trained
+    root, cfg, *_, summary, _ = trained
     d = root / "dcgan"
     assert summary["epochs"] == 2 and summary["steps"] == 2 * (32 // 8)
     assert np.isfinite(summary["final_d_loss"]) and np.isfinite(summary["final_g_loss"])
@@ -109,8 +124,9 @@ def test_train_srgan_scores_and_figure(trained):
 
 def test_generate_shapes_ids_range(trained, tmp_path):
     root, cfg, *_ = trained
-    images, ids = augmentation.generate(root / "dcgan", root / "srgan", cfg, per_set=PER_SET, seed=3,
-                                        samples_path=tmp_path / "samples.png")
+    images, ids = augmentation.generate(
+        root / "dcgan", root / "srgan", cfg, per_set=PER_SET, seed=3, samples_path=tmp_path / "samples.png"
+    )
     n = TAX.num_sets * PER_SET
     assert images.shape == (n, 32, 32, 1) and images.dtype == np.float32
     assert ids.dtype == np.int32 and np.array_equal(ids, np.repeat(np.arange(TAX.num_sets), PER_SET))
@@ -126,8 +142,9 @@ def test_augment_labels_round_trip(trained, tmp_path):
     from jaxthyroid.data import synthetic_builder
 
     root, cfg, *_ = trained
-    path = augmentation.augment(root / "dcgan", root / "srgan", cfg, per_set=PER_SET, data_dir=tmp_path,
-                                name="test_aug", seed=0)
+    path = augmentation.augment(
+        root / "dcgan", root / "srgan", cfg, per_set=PER_SET, data_dir=tmp_path, name="test_aug", seed=0
+    )
     src = synthetic_builder.synthetic_source(path)
     expected = np.repeat(np.arange(TAX.num_sets), PER_SET)
     assert len(src) == len(expected)
@@ -171,6 +188,7 @@ def test_generation_quality_keys_and_floor(trained):
     assert 0.0 <= q["agreement"] <= 1.0 and set(q["agreement_per_set"]) <= {TAX.folder_name(s) for s in range(12)}
     # Generated = real train (renormalised once more): its distance to test is the real-vs-real floor.
     np.testing.assert_allclose(q["frechet_generated_vs_real"], q["frechet_real_vs_real"], rtol=0.1)
-    shifted = augmentation.generation_quality(model, variables, np.clip(images * 0.3, 0, 1) ** 3, ids, train, test,
-                                              taxonomy=TAX)
+    shifted = augmentation.generation_quality(
+        model, variables, np.clip(images * 0.3, 0, 1) ** 3, ids, train, test, taxonomy=TAX
+    )
     assert shifted["frechet_generated_vs_real"] > q["frechet_real_vs_real"]

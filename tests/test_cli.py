@@ -33,8 +33,9 @@ def test_help_of_every_subcommand_exits_0(command, capsys):
 
 def _jaxthyroid(*args, timeout=120):
     env = dict(os.environ, JAXTHYROID_NO_TQDM="1")
-    return subprocess.run([sys.executable, "-m", "jaxthyroid", *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxthyroid", *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout
+    )
 
 
 def test_unknown_config_key_is_a_one_line_error_with_exit_code_2():
@@ -58,6 +59,7 @@ def test_missing_run_dir_is_a_one_line_error(tmp_path, capsys):
 
 
 # -- on a finished tiny run (trained once per session, see test_cross_training) --------
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
@@ -85,8 +87,15 @@ def test_predict_reads_16_bit_png_and_dicom(run_dir, tmp_path, capsys):
 
     cfg = json.loads((run_dir / "config.json").read_text())
     test = phantom_builder.phantom_source(
-        cfg["data"]["data_dir"], "test", size=64, n_train=48, n_val=16, n_test=32,
-        cross_fraction=cfg["data"]["cross_fraction"], seed=cfg["seed"])
+        cfg["data"]["data_dir"],
+        "test",
+        size=64,
+        n_train=48,
+        n_val=16,
+        n_test=32,
+        cross_fraction=cfg["data"]["cross_fraction"],
+        seed=cfg["seed"],
+    )
     counts = np.asarray(test[0]["image"])[..., 0]
     assert counts.max() > 255  # really 16 bit
     png, dcm = tmp_path / "scan.png", tmp_path / "scan.dcm"

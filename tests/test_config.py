@@ -16,8 +16,9 @@ def _config():
 
 
 def test_overrides_are_typed():
-    c = apply_overrides(_config(), ["seed=3", "lr=1", "name=vgg16_bn", "flag=true", "sizes=[3,4]",
-                                    "--config.opt.momentum=0.5"])
+    c = apply_overrides(
+        _config(), ["seed=3", "lr=1", "name=vgg16_bn", "flag=true", "sizes=[3,4]", "--config.opt.momentum=0.5"]
+    )
     assert (c.seed, c.lr, c.name, c.flag, c.sizes, c.opt.momentum) == (3, 1.0, "vgg16_bn", True, (3, 4), 0.5)
     assert isinstance(c.lr, float)
     assert _config().seed == 0  # the original is untouched

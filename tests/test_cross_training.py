@@ -18,15 +18,28 @@ from jaxthyroid.models import resnet  # noqa: E402
 
 # 48 train images (~36 single-feature: 2 phase-1 steps of 16), 1 epoch per phase.
 # Batches are multiples of the 8 test devices (conftest).
-TINY = ["model.name=resnet_tiny", "data.n_train=48", "data.n_val=16", "data.n_test=32",
-        "data.batch_size=16", "data.eval_batch_size=16", "phase1.epochs=1", "phase2.epochs=1",
-        "plain.epochs=1", "phase1.warmup_steps=0", "phase2.warmup_steps=0", "plain.warmup_steps=0",
-        "checkpoint_every_steps=0", "log_every=1"]
+TINY = [
+    "model.name=resnet_tiny",
+    "data.n_train=48",
+    "data.n_val=16",
+    "data.n_test=32",
+    "data.batch_size=16",
+    "data.eval_batch_size=16",
+    "phase1.epochs=1",
+    "phase2.epochs=1",
+    "plain.epochs=1",
+    "phase1.warmup_steps=0",
+    "phase2.warmup_steps=0",
+    "plain.warmup_steps=0",
+    "checkpoint_every_steps=0",
+    "log_every=1",
+]
 
 
 def tiny_config(base: pathlib.Path, *extra: str):
-    return config_lib.load_config("cross_training_quick", [
-        *TINY, f"workdir={base / 'run'}", f"data.data_dir={base / 'data'}", *extra])
+    return config_lib.load_config(
+        "cross_training_quick", [*TINY, f"workdir={base / 'run'}", f"data.data_dir={base / 'data'}", *extra]
+    )
 
 
 def ensure_tiny_run(base: pathlib.Path) -> tuple[pathlib.Path, dict]:
@@ -44,8 +57,15 @@ def tiny_run(tmp_path_factory):
 
 def test_run_writes_the_run_directory(tiny_run):
     run_dir, _ = tiny_run
-    for name in ("config.json", "taxonomy.json", "results.json", "curves.png",
-                 "confusion_phase1.png", "confusion_phase2.png", "confusion_plain.png"):
+    for name in (
+        "config.json",
+        "taxonomy.json",
+        "results.json",
+        "curves.png",
+        "confusion_phase1.png",
+        "confusion_phase2.png",
+        "confusion_plain.png",
+    ):
         assert (run_dir / name).is_file(), name
     for phase in cross_training.PHASES:
         d = run_dir / phase
@@ -66,12 +86,17 @@ def test_results_hold_three_evaluations_with_metrics(tiny_run):
         for subset in ("single", "cross", "all"):
             assert 0.0 <= ev[subset]["exact_match"] <= 1.0
             assert set(ev[subset]["macro"]) == {"recall", "precision", "specificity", "f1", "auc"}
-            assert set(ev[subset]["per_finding"]) == set(json.loads(
-                (tiny_run[0] / "taxonomy.json").read_text())["findings"])
+            assert set(ev[subset]["per_finding"]) == set(
+                json.loads((tiny_run[0] / "taxonomy.json").read_text())["findings"]
+            )
         assert np.asarray(ev["confusion_matrix"]).sum() == 32
     assert [h["epoch"] for h in results["histories"]["phase2"]] == [1]
-    assert set(results["histories"]["phase1"][0]) >= {"val_loss", "val_exact_match",
-                                                      "val_exact_match_single", "val_exact_match_cross"}
+    assert set(results["histories"]["phase1"][0]) >= {
+        "val_loss",
+        "val_exact_match",
+        "val_exact_match_single",
+        "val_exact_match_cross",
+    }
 
 
 def test_graft_keeps_the_trained_phase1_function(tiny_run):
@@ -90,9 +115,11 @@ def test_graft_keeps_the_trained_phase1_function(tiny_run):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=0)
     # ... and phase 2 then trained the cross terms away from zero.
     _, _, _, phase2 = cross_training.load_run(run_dir, "phase2")
-    expand = [np.abs(np.asarray(x)).max() for path, x in
-              jax.tree_util.tree_flatten_with_path(phase2["params"])[0]
-              if resnet.CROSS_TERM in jax.tree_util.keystr(path) and "expand" in jax.tree_util.keystr(path)]
+    expand = [
+        np.abs(np.asarray(x)).max()
+        for path, x in jax.tree_util.tree_flatten_with_path(phase2["params"])[0]
+        if resnet.CROSS_TERM in jax.tree_util.keystr(path) and "expand" in jax.tree_util.keystr(path)
+    ]
     assert expand and max(expand) > 0
 
 

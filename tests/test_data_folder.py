@@ -118,8 +118,14 @@ def test_labels_csv_and_folder_taxonomy(tmp_path):
         w.writeheader()
         w.writerows(rows)
     path, plan = folder_builder.build_folder(
-        root, tmp_path / "tfds", labels_csv=tmp_path / "labels.csv", taxonomy_from_folders=True,
-        size=SIZE, val_fraction=0.0, test_fraction=0.5, progress=False,
+        root,
+        tmp_path / "tfds",
+        labels_csv=tmp_path / "labels.csv",
+        taxonomy_from_folders=True,
+        size=SIZE,
+        val_fraction=0.0,
+        test_fraction=0.5,
+        progress=False,
     )
     tax = features.load_taxonomy(path)
     assert set(tax.findings) == {"toxic", "cyst"} and len(tax.finding_sets) == 3
@@ -145,8 +151,13 @@ def bad_root(good_root):
     return good_root
 
 
-BAD = {"truncated.png": "truncated", "empty.png": "empty", "notes.txt": "not an image",
-       "huge.png": "exceeds the limit", "nopixels.dcm": "no pixel data"}
+BAD = {
+    "truncated.png": "truncated",
+    "empty.png": "empty",
+    "notes.txt": "not an image",
+    "huge.png": "exceeds the limit",
+    "nopixels.dcm": "no pixel data",
+}
 
 
 def test_bad_files_are_all_listed_and_nothing_is_written(bad_root, tmp_path):

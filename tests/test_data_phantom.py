@@ -36,8 +36,11 @@ def test_build_layout_and_no_tensorflow(built):
 def test_records_equal_the_simulator(built):
     _, path = built
     src = features.load_source(path, "validation")
-    ids = np.asarray(phantom.sample_finding_set_ids(
-        jax.random.key(phantom_builder.split_seed(7, "validation")), 8, cross_fraction=0.5))
+    ids = np.asarray(
+        phantom.sample_finding_set_ids(
+            jax.random.key(phantom_builder.split_seed(7, "validation")), 8, cross_fraction=0.5
+        )
+    )
     # Recomputed straight from the pinned simulator API, each example at another place
     # in its batch (the batch shape of the build, so the compiled simulator is reused).
     pick = np.resize(np.array([6, 1, 4, 0, 7, 5, 3, 2]), phantom_builder.GENERATE_BATCH)
@@ -61,8 +64,9 @@ def test_grain_batch_equals_normalised_simulator_output(built):
     _, path = built
     src = features.load_source(path, "test")
     batch = next(iter(pipeline.make_loader(src, batch_size=8, seed=0, shuffle=False, shard_index=0, shard_count=1)))
-    ids = np.asarray(phantom.sample_finding_set_ids(
-        jax.random.key(phantom_builder.split_seed(7, "test")), 8, cross_fraction=0.5))
+    ids = np.asarray(
+        phantom.sample_finding_set_ids(jax.random.key(phantom_builder.split_seed(7, "test")), 8, cross_fraction=0.5)
+    )
     idx = np.arange(phantom_builder.GENERATE_BATCH) % 8  # the build's batch shape: no recompile
     counts = phantom.simulate(phantom.example_keys(phantom_builder.split_seed(7, "test"), idx), ids[idx], size=SIZE)
     on_device = transforms.normalize_counts(counts)[:8]  # the GPU path: jnp on the device batch

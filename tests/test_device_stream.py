@@ -101,15 +101,21 @@ def test_eval_batches_from_arrays_equal_pipeline_eval_batches():
     records = []
     for i in range(7):
         fs = i % TAX.num_sets
-        records.append({"image": rng.poisson(30.0, (8, 8, 1)).astype(np.uint16), "findings": TAX.set_table[fs],
-                        "finding_set": np.int64(fs), "subset": np.int64(TAX.is_cross(fs)), "synthetic": np.int64(i % 2)})
+        records.append(
+            {
+                "image": rng.poisson(30.0, (8, 8, 1)).astype(np.uint16),
+                "findings": TAX.set_table[fs],
+                "finding_set": np.int64(fs),
+                "subset": np.int64(TAX.is_cross(fs)),
+                "synthetic": np.int64(i % 2),
+            }
+        )
     source = sources.ListSource(records)
     arrays = {k: np.stack([pipeline.preprocess(r)[k] for r in records]) for k in pipeline.BATCH_KEYS}
     for batch_size, count in ((3, 1), (3, 2), (2, 3), (8, 1)):
         for shard in range(count):
             expect = list(pipeline.eval_batches(source, batch_size, shard_index=shard, shard_count=count))
-            got = list(device_stream.eval_batches_from_arrays(arrays, batch_size, shard_index=shard,
-                                                              shard_count=count))
+            got = list(device_stream.eval_batches_from_arrays(arrays, batch_size, shard_index=shard, shard_count=count))
             assert len(got) == len(expect)
             for g, e in zip(got, expect):
                 assert_batches_equal(g, e)
@@ -152,6 +158,12 @@ def test_imports_neither_tfds_nor_grain():
         print("ok")
     """)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -38,8 +38,7 @@ def test_png16_clips_to_uint16(tmp_path):
 def test_dicom_round_trip_exact(tmp_path):
     counts = _counts((48, 64), seed=1)
     path = tmp_path / "a.dcm"
-    export.write_dicom(path, counts, finding_set_name="graves+hot_nodule", patient_id="P7",
-                       pixel_spacing_mm=1.5625)
+    export.write_dicom(path, counts, finding_set_name="graves+hot_nodule", patient_id="P7", pixel_spacing_mm=1.5625)
     ds = pydicom.dcmread(path)
     assert ds.Modality == "NM"
     assert ds.SOPClassUID == export.NM_IMAGE_STORAGE
@@ -52,8 +51,7 @@ def test_dicom_round_trip_exact(tmp_path):
 
 def test_contact_sheet_small_png(tmp_path):
     rng = np.random.default_rng(2)
-    sets = {f"set{i}": [rng.poisson(20.0, (128, 128)).astype(np.float32) for _ in range(6)]
-            for i in range(12)}
+    sets = {f"set{i}": [rng.poisson(20.0, (128, 128)).astype(np.float32) for _ in range(6)] for i in range(12)}
     path = tmp_path / "sheet.png"
     report.contact_sheet(sets, path, per_row=6)
     assert 0 < os.path.getsize(path) <= 200_000

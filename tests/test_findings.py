@@ -6,8 +6,7 @@ from jaxthyroid.findings import DEFAULT, Taxonomy, UnknownFindingError
 
 
 def test_default_label_space():
-    assert DEFAULT.findings == (
-        "normal", "graves", "hashimoto", "subacute_thyroiditis", "hot_nodule", "cold_nodule")
+    assert DEFAULT.findings == ("normal", "graves", "hashimoto", "subacute_thyroiditis", "hot_nodule", "cold_nodule")
     assert DEFAULT.num_sets == 12
     assert len(DEFAULT.single_set_ids) == 6 and len(DEFAULT.cross_set_ids) == 6
     assert DEFAULT.set_table.shape == (12, 6)

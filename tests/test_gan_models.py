@@ -49,12 +49,17 @@ def test_srresnet_shapes_and_prelu_init():
         out = jax.eval_shape(lambda m=model: m.init_with_output(jax.random.key(0), x, train=False))[0]
         assert out.shape == (2, side, side, 1)
     variables = init(srgan.TinySRResNet(), x, train=False)
-    slopes = [v for path, v in jax.tree_util.tree_leaves_with_path(variables["params"]) if "negative_slope" in str(path)]
+    slopes = [
+        v for path, v in jax.tree_util.tree_leaves_with_path(variables["params"]) if "negative_slope" in str(path)
+    ]
     assert slopes and all(float(s) == 0.25 for s in slopes)
 
 
-@pytest.mark.parametrize("im2col,shared", [(False, False), (True, False), (True, True)],
-                         ids=["xla-conv", "im2col-per-phase", "im2col-shared-patches"])
+@pytest.mark.parametrize(
+    "im2col,shared",
+    [(False, False), (True, False), (True, True)],
+    ids=["xla-conv", "im2col-per-phase", "im2col-shared-patches"],
+)
 def test_sub_pixel_conv_transpose_matches_conv_transpose(im2col, shared):
     x = jax.random.normal(key(0), (2, 5, 6, 3))
     fast = SubPixelConvTranspose(4, im2col=im2col, shared_patches_min_size=1 if shared else 8)
@@ -70,8 +75,9 @@ def test_sub_pixel_conv_transpose_matches_conv_transpose(im2col, shared):
     y_fast, y_ref = jax.jit(lambda p, x: (fast.apply(p, x), reference.apply(p, x)))(params, x)
     assert y_fast.shape == (2, 10, 12, 4)
     np.testing.assert_allclose(y_fast, y_ref, atol=1e-5)
-    g_fast, g_ref = jax.jit(lambda p, x: [jax.grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1))(p, x)
-                                          for m in (fast, reference)])(params, x)
+    g_fast, g_ref = jax.jit(
+        lambda p, x: [jax.grad(lambda p, x, m=m: loss(m, p, x), argnums=(0, 1))(p, x) for m in (fast, reference)]
+    )(params, x)
     for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, atol=1e-5)
 
@@ -152,8 +158,12 @@ def test_srresnet_bicubic_skip_starts_at_bicubic_with_the_same_parameters():
     lr = jax.random.uniform(jax.random.key(1, impl="rbg"), (2, 8, 8, 1))
     plain = srgan_lib.SRResNet(scale=2, num_blocks=1, features=8)
     skip = srgan_lib.SRResNet(scale=2, num_blocks=1, features=8, bicubic_skip=True)
-    count = lambda m: sum(x.size for x in jax.tree.leaves(
-        jax.eval_shape(lambda: m.init(jax.random.key(0, impl="rbg"), lr, train=False))["params"]))
+    count = lambda m: sum(
+        x.size
+        for x in jax.tree.leaves(
+            jax.eval_shape(lambda: m.init(jax.random.key(0, impl="rbg"), lr, train=False))["params"]
+        )
+    )
     assert count(plain) == count(skip)
     variables = jax.jit(lambda k: skip.init(k, lr, train=False))(jax.random.key(0, impl="rbg"))
     out = skip.apply(variables, lr, train=False)
@@ -175,15 +185,17 @@ def test_im2col_convs_change_nothing(name):
     assert model.conv_im2col is None  # the default: im2col where it pays (CPU)
     model, reference = model.clone(conv_im2col=True), model.clone(conv_im2col=False)
     variables = init(reference, x, *extra, train=False)
-    assert (jax.tree.structure(jax.eval_shape(lambda: model.init(key(1), x, *extra, train=False)))
-            == jax.tree.structure(variables))
+    assert jax.tree.structure(jax.eval_shape(lambda: model.init(key(1), x, *extra, train=False))) == jax.tree.structure(
+        variables
+    )
 
     def loss(m, params):
         out, _ = m.apply({**variables, "params": params}, x, *extra, train=True, mutable=["batch_stats"])
         return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=out.dtype).reshape(out.shape)))
 
-    (l_fast, g_fast), (l_ref, g_ref) = jax.jit(lambda p: [jax.value_and_grad(lambda q, m=m: loss(m, q))(p)
-                                                          for m in (model, reference)])(variables["params"])
+    (l_fast, g_fast), (l_ref, g_ref) = jax.jit(
+        lambda p: [jax.value_and_grad(lambda q, m=m: loss(m, q))(p) for m in (model, reference)]
+    )(variables["params"])
     np.testing.assert_allclose(l_fast, l_ref, rtol=1e-5, atol=1e-5)
     # float32 summation order differs, and batch-2 BatchNorm amplifies it; the biases of
     # convs before a BatchNorm have a true gradient of 0 (pure rounding noise), so the

@@ -23,7 +23,9 @@ def images(seed: int, shape) -> jax.Array:
 # -- losses ---------------------------------------------------------------------------
 def test_adversarial_losses_at_chance_and_confident():
     zeros = jnp.zeros(4)
-    np.testing.assert_allclose(gan_losses.discriminator_loss(real_logit=zeros, fake_logit=zeros), 2 * np.log(2), rtol=1e-6)
+    np.testing.assert_allclose(
+        gan_losses.discriminator_loss(real_logit=zeros, fake_logit=zeros), 2 * np.log(2), rtol=1e-6
+    )
     np.testing.assert_allclose(gan_losses.generator_loss(fake_logit=zeros), np.log(2), rtol=1e-6)
     confident = gan_losses.discriminator_loss(real_logit=jnp.full(4, 20.0), fake_logit=jnp.full(4, -20.0))
     assert float(confident) < 1e-6
@@ -93,10 +95,14 @@ def test_dcgan_step_eight_devices_equals_one():
         np.testing.assert_allclose(metrics_8[name], metrics_1[name], atol=1e-5, err_msg=name)
     for part in ("generator", "discriminator"):
         one, eight = getattr(state_1, part), getattr(state_8, part)
-        for a, b in zip(jax.tree.leaves((one.params, one.batch_stats)), jax.tree.leaves((eight.params, eight.batch_stats))):
+        for a, b in zip(
+            jax.tree.leaves((one.params, one.batch_stats)), jax.tree.leaves((eight.params, eight.batch_stats))
+        ):
             np.testing.assert_allclose(b, a, atol=1e-5, err_msg=part)
     # The step moved the parameters (so the comparison above was not vacuous).
-    assert float(jnp.abs(start.generator.params["up0"]["kernel"] - state_1.generator.params["up0"]["kernel"]).max()) > 1e-6
+    assert (
+        float(jnp.abs(start.generator.params["up0"]["kernel"] - state_1.generator.params["up0"]["kernel"]).max()) > 1e-6
+    )
 
 
 def test_dcgan_step_unconditional_runs_and_updates_both():

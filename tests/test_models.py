@@ -1,4 +1,5 @@
 """Classifier models: torchvision parameter counts, the cross term, the graft, fast layers."""
+
 import math
 
 import flax.linen as nn
@@ -14,305 +15,318 @@ KEY = jax.random.key(0)
 
 
 def _param_count(model, channels, size=64):
-  shapes = jax.eval_shape(
-      lambda k: model.init({'params': k, 'dropout': k}, jnp.zeros((1, size, size, channels)),
-                           train=False), KEY)
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes['params']))
+    shapes = jax.eval_shape(
+        lambda k: model.init({"params": k, "dropout": k}, jnp.zeros((1, size, size, channels)), train=False), KEY
+    )
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes["params"]))
 
 
-@pytest.mark.parametrize('name, want', [
-    ('resnet18', 11_689_512), ('resnet34', 21_797_672), ('resnet50', 25_557_032),
-    ('vgg16_bn', 138_365_992), ('alexnet', 61_100_840), ('densenet121', 7_978_856)])
+@pytest.mark.parametrize(
+    "name, want",
+    [
+        ("resnet18", 11_689_512),
+        ("resnet34", 21_797_672),
+        ("resnet50", 25_557_032),
+        ("vgg16_bn", 138_365_992),
+        ("alexnet", 61_100_840),
+        ("densenet121", 7_978_856),
+    ],
+)
 def test_param_counts_equal_torchvision(name, want):
-  assert _param_count(get_model(name, num_classes=1000), channels=3) == want
+    assert _param_count(get_model(name, num_classes=1000), channels=3) == want
 
 
 def test_resnet18_one_channel_five_classes():
-  assert _param_count(get_model('resnet18', num_classes=5), channels=1) == 11_172_805
+    assert _param_count(get_model("resnet18", num_classes=5), channels=1) == 11_172_805
 
 
-@pytest.mark.parametrize('name', ['resnet_tiny', 'vgg_tiny', 'densenet_tiny', 'alexnet'])
-@pytest.mark.parametrize('size', [32, 48])
+@pytest.mark.parametrize("name", ["resnet_tiny", "vgg_tiny", "densenet_tiny", "alexnet"])
+@pytest.mark.parametrize("size", [32, 48])
 def test_output_shapes(name, size):
-  model = get_model(name, num_classes=6)
-  x = jnp.zeros((2, size, size, 1))
-  out, _ = jax.eval_shape(
-      lambda k: model.init_with_output({'params': k, 'dropout': k}, x, train=True), KEY)
-  assert out.shape == (2, 6) and out.dtype == jnp.float32
+    model = get_model(name, num_classes=6)
+    x = jnp.zeros((2, size, size, 1))
+    out, _ = jax.eval_shape(lambda k: model.init_with_output({"params": k, "dropout": k}, x, train=True), KEY)
+    assert out.shape == (2, 6) and out.dtype == jnp.float32
 
 
 def test_registry_unknown_name_lists_known():
-  with pytest.raises(ValueError, match='resnet18'):
-    get_model('resnet19', num_classes=6)
-  assert 'densenet121' in MODEL_NAMES
+    with pytest.raises(ValueError, match="resnet18"):
+        get_model("resnet19", num_classes=6)
+    assert "densenet121" in MODEL_NAMES
 
 
 # Tests compile few programs: XLA:CPU compiles of a whole init (threefry for every
 # parameter) take tens of seconds on the shared 2-core machine. Real Flax init is
 # done once per cross source (with the cheap 'rbg' key), other variables are
 # filled from numpy on shapes from eval_shape.
-RBG_KEY = jax.random.key(0, impl='rbg')
+RBG_KEY = jax.random.key(0, impl="rbg")
 
 
 def _images(n=4, size=32):
-  return jnp.asarray(np.random.default_rng(1).uniform(size=(n, size, size, 1)), jnp.float32)
+    return jnp.asarray(np.random.default_rng(1).uniform(size=(n, size, size, 1)), jnp.float32)
 
 
-def _tiny(cross, source='adapter', **kw):
-  return get_model('resnet_tiny', num_classes=6, cross=cross, cross_source=source, **kw)
+def _tiny(cross, source="adapter", **kw):
+    return get_model("resnet_tiny", num_classes=6, cross=cross, cross_source=source, **kw)
 
 
 def _shapes(model, x):
-  return jax.eval_shape(
-      lambda: model.init({'params': KEY, 'dropout': KEY}, x, train=False))
+    return jax.eval_shape(lambda: model.init({"params": KEY, "dropout": KEY}, x, train=False))
 
 
 def _random_variables(model, x, seed=0):
-  """Variables shaped like ``model``'s, filled with random (plausible) values."""
-  rng = np.random.default_rng(seed)
+    """Variables shaped like ``model``'s, filled with random (plausible) values."""
+    rng = np.random.default_rng(seed)
 
-  def fill(path, leaf):
-    name = path[-1].key
-    noise = rng.normal(size=leaf.shape).astype(np.float32)
-    if name == 'scale':
-      return jnp.asarray(1 + 0.1 * noise)
-    if name == 'var':
-      return jnp.asarray(1 + 0.1 * np.abs(noise))
-    return jnp.asarray((0.05 if name == 'mean' else 0.1) * noise)
-  return jax.tree_util.tree_map_with_path(fill, _shapes(model, x))
+    def fill(path, leaf):
+        name = path[-1].key
+        noise = rng.normal(size=leaf.shape).astype(np.float32)
+        if name == "scale":
+            return jnp.asarray(1 + 0.1 * noise)
+        if name == "var":
+            return jnp.asarray(1 + 0.1 * np.abs(noise))
+        return jnp.asarray((0.05 if name == "mean" else 0.1) * noise)
+
+    return jax.tree_util.tree_map_with_path(fill, _shapes(model, x))
 
 
 def _backbone(variables):
-  """Drops every ``cross_term`` entry (the plain model's tree)."""
-  strip = lambda tree: {k: _backbone(v) if isinstance(v, dict) else v
-                        for k, v in tree.items() if k != 'cross_term'}
-  return strip(variables)
+    """Drops every ``cross_term`` entry (the plain model's tree)."""
+    strip = lambda tree: {k: _backbone(v) if isinstance(v, dict) else v for k, v in tree.items() if k != "cross_term"}
+    return strip(variables)
 
 
-@pytest.fixture(scope='module', params=['adapter', 'image'])
+@pytest.fixture(scope="module", params=["adapter", "image"])
 def fresh_cross(request):
-  model = _tiny(True, request.param)
-  return model, jax.jit(lambda k: model.init(k, _images(), train=False))(RBG_KEY)
+    model = _tiny(True, request.param)
+    return model, jax.jit(lambda k: model.init(k, _images(), train=False))(RBG_KEY)
 
 
 def test_fresh_cross_model_equals_plain(fresh_cross):
-  cross, cross_vars = fresh_cross
-  plain, x = _tiny(False), _images()
-  assert 'cross_term' in cross_vars['params']['stage2_block1']
-  assert not np.any(cross_vars['params']['stage1_block1']['cross_term']['expand']['kernel'])
-  plain_vars = _backbone(cross_vars)  # must be a valid plain tree: same paths
+    cross, cross_vars = fresh_cross
+    plain, x = _tiny(False), _images()
+    assert "cross_term" in cross_vars["params"]["stage2_block1"]
+    assert not np.any(cross_vars["params"]["stage1_block1"]["cross_term"]["expand"]["kernel"])
+    plain_vars = _backbone(cross_vars)  # must be a valid plain tree: same paths
 
-  @jax.jit
-  def logits(plain_vars, cross_vars):
-    out = []
-    for train in (False, True):
-      out.append(plain.apply(plain_vars, x, train=train, mutable=['batch_stats'])[0])
-      out.append(cross.apply(cross_vars, x, train=train, mutable=['batch_stats'])[0])
-    return out
-  want_eval, got_eval, want_train, got_train = logits(plain_vars, cross_vars)
-  np.testing.assert_allclose(got_eval, want_eval, atol=1e-6)
-  np.testing.assert_allclose(got_train, want_train, atol=1e-6)
+    @jax.jit
+    def logits(plain_vars, cross_vars):
+        out = []
+        for train in (False, True):
+            out.append(plain.apply(plain_vars, x, train=train, mutable=["batch_stats"])[0])
+            out.append(cross.apply(cross_vars, x, train=train, mutable=["batch_stats"])[0])
+        return out
+
+    want_eval, got_eval, want_train, got_train = logits(plain_vars, cross_vars)
+    np.testing.assert_allclose(got_eval, want_eval, atol=1e-6)
+    np.testing.assert_allclose(got_train, want_train, atol=1e-6)
 
 
 def test_graft_keeps_trained_plain_outputs_and_cross_term_matters(fresh_cross):
-  cross, cross_vars = fresh_cross
-  plain, x = _tiny(False), _images()
-  trained = _random_variables(plain, x, seed=2)  # a "trained" plain model
-  grafted = resnet.graft_plain_into_cross(trained, cross_vars)
-  # A trained cross term changes the outputs (so the equality can fail).
-  touched = jax.tree.map(lambda v: v, grafted)
-  expand = touched['params']['stage2_block1']['cross_term']['expand']
-  expand['kernel'] = expand['kernel'] + 0.5
+    cross, cross_vars = fresh_cross
+    plain, x = _tiny(False), _images()
+    trained = _random_variables(plain, x, seed=2)  # a "trained" plain model
+    grafted = resnet.graft_plain_into_cross(trained, cross_vars)
+    # A trained cross term changes the outputs (so the equality can fail).
+    touched = jax.tree.map(lambda v: v, grafted)
+    expand = touched["params"]["stage2_block1"]["cross_term"]["expand"]
+    expand["kernel"] = expand["kernel"] + 0.5
 
-  @jax.jit
-  def logits(trained, grafted, touched):
-    return (plain.apply(trained, x, train=False), cross.apply(grafted, x, train=False),
-            cross.apply(touched, x, train=False))
-  want, got, changed = logits(trained, grafted, touched)
-  np.testing.assert_allclose(got, want, atol=1e-6)
-  assert np.abs(changed - want).max() > 1e-3
+    @jax.jit
+    def logits(trained, grafted, touched):
+        return (
+            plain.apply(trained, x, train=False),
+            cross.apply(grafted, x, train=False),
+            cross.apply(touched, x, train=False),
+        )
+
+    want, got, changed = logits(trained, grafted, touched)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert np.abs(changed - want).max() > 1e-3
 
 
 def test_graft_rejects_mismatched_models():
-  x = _images()
-  plain_vars = _shapes(get_model('resnet_tiny', num_classes=5), x)
-  cross_vars = _shapes(_tiny(True), x)
-  with pytest.raises(ValueError, match='head'):
-    resnet.graft_plain_into_cross(plain_vars, cross_vars)
+    x = _images()
+    plain_vars = _shapes(get_model("resnet_tiny", num_classes=5), x)
+    cross_vars = _shapes(_tiny(True), x)
+    with pytest.raises(ValueError, match="head"):
+        resnet.graft_plain_into_cross(plain_vars, cross_vars)
 
 
 def test_param_labels_select_cross_term():
-  labels = jax.tree.leaves(resnet.param_labels(_shapes(_tiny(True), _images())['params']))
-  assert set(labels) == {'cross_term', 'backbone'}
-  assert labels.count('cross_term') == 2 * 3 * 2  # 2 blocks x 3 convs x (kernel, bias)
+    labels = jax.tree.leaves(resnet.param_labels(_shapes(_tiny(True), _images())["params"]))
+    assert set(labels) == {"cross_term", "backbone"}
+    assert labels.count("cross_term") == 2 * 3 * 2  # 2 blocks x 3 convs x (kernel, bias)
 
 
 def _normal(shape, seed):
-  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+    return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
 
 
 def _value_and_grads(fn, x, w):
-  loss = lambda *a: jnp.sum(fn(*a) * w)
-  # jit: one compilation instead of one per eager op (keeps the suite fast).
-  return jax.jit(lambda *a: (fn(*a), jax.grad(loss, argnums=tuple(range(len(a))))(*a)))(*x)
+    loss = lambda *a: jnp.sum(fn(*a) * w)
+    # jit: one compilation instead of one per eager op (keeps the suite fast).
+    return jax.jit(lambda *a: (fn(*a), jax.grad(loss, argnums=tuple(range(len(a))))(*a)))(*x)
 
 
 def test_fast_maxpool_equals_nn_max_pool():
-  x = _normal((2, 17, 16, 3), 4)
-  ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
-  w = _normal((2, 9, 8, 3), 5)
-  y_ref, (g_ref,) = _value_and_grads(ref, (x,), w)
-  y, (g,) = _value_and_grads(layers.max_pool_slices, (x,), w)
-  np.testing.assert_allclose(y, y_ref, atol=1e-5)
-  np.testing.assert_allclose(g, g_ref, atol=1e-4)
+    x = _normal((2, 17, 16, 3), 4)
+    ref = lambda x: nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    w = _normal((2, 9, 8, 3), 5)
+    y_ref, (g_ref,) = _value_and_grads(ref, (x,), w)
+    y, (g,) = _value_and_grads(layers.max_pool_slices, (x,), w)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    np.testing.assert_allclose(g, g_ref, atol=1e-4)
 
 
 def test_im2col_stem_equals_conv():
-  x = _normal((2, 20, 20, 1), 6)
-  kernel = 0.1 * _normal((7, 7, 1, 16), 7)
-  pad = ((3, 3), (3, 3))
-  ref = nn.Conv(16, (7, 7), (2, 2), padding=pad, use_bias=False)
-  fast = layers.Im2colConv(16, (7, 7), (2, 2), padding=pad)
-  f_ref = lambda x, k: ref.apply({'params': {'kernel': k}}, x)
-  f_fast = lambda x, k: fast.apply({'params': {'kernel': k}}, x)
-  w = _normal((2, 10, 10, 16), 8)
-  y_ref, g_ref = _value_and_grads(f_ref, (x, kernel), w)
-  y, g = _value_and_grads(f_fast, (x, kernel), w)
-  np.testing.assert_allclose(y, y_ref, atol=1e-5)
-  for a, b in zip(g, g_ref):
-    np.testing.assert_allclose(a, b, atol=1e-4)
+    x = _normal((2, 20, 20, 1), 6)
+    kernel = 0.1 * _normal((7, 7, 1, 16), 7)
+    pad = ((3, 3), (3, 3))
+    ref = nn.Conv(16, (7, 7), (2, 2), padding=pad, use_bias=False)
+    fast = layers.Im2colConv(16, (7, 7), (2, 2), padding=pad)
+    f_ref = lambda x, k: ref.apply({"params": {"kernel": k}}, x)
+    f_fast = lambda x, k: fast.apply({"params": {"kernel": k}}, x)
+    w = _normal((2, 10, 10, 16), 8)
+    y_ref, g_ref = _value_and_grads(f_ref, (x, kernel), w)
+    y, g = _value_and_grads(f_fast, (x, kernel), w)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize('kernel_size,strides,pad,bias', [
-    ((3, 3), (1, 1), ((1, 1), (1, 1)), False),
-    ((3, 3), (2, 2), ((1, 1), (1, 1)), True),
-    ((1, 1), (2, 2), ((0, 0), (0, 0)), False),
-])
+@pytest.mark.parametrize(
+    "kernel_size,strides,pad,bias",
+    [
+        ((3, 3), (1, 1), ((1, 1), (1, 1)), False),
+        ((3, 3), (2, 2), ((1, 1), (1, 1)), True),
+        ((1, 1), (2, 2), ((0, 0), (0, 0)), False),
+    ],
+)
 def test_im2col_conv_equals_conv(kernel_size, strides, pad, bias):
-  """The ResNet body's convs (3×3, strided 3×3, strided 1×1 shortcut), with bias too."""
-  x = _normal((2, 6, 5, 8), 9)
-  kernel = 0.1 * _normal(kernel_size + (8, 12), 10)
-  params = {'kernel': kernel, **({'bias': _normal((12,), 11)} if bias else {})}
-  ref = nn.Conv(12, kernel_size, strides, padding=pad, use_bias=bias)
-  fast = layers.Im2colConv(12, kernel_size, strides, padding=pad, use_bias=bias)
-  assert jax.tree.map(jnp.shape, fast.init(KEY, x)['params']) == jax.tree.map(jnp.shape, params)
-  f_ref = lambda x, p: ref.apply({'params': p}, x)
-  f_fast = lambda x, p: fast.apply({'params': p}, x)
-  out_shape = jax.eval_shape(f_ref, x, params).shape
-  w = _normal(out_shape, 12)
-  y_ref, g_ref = _value_and_grads(f_ref, (x, params), w)
-  y, g = _value_and_grads(f_fast, (x, params), w)
-  np.testing.assert_allclose(y, y_ref, atol=1e-5)
-  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-    np.testing.assert_allclose(a, b, atol=1e-4)
+    """The ResNet body's convs (3×3, strided 3×3, strided 1×1 shortcut), with bias too."""
+    x = _normal((2, 6, 5, 8), 9)
+    kernel = 0.1 * _normal(kernel_size + (8, 12), 10)
+    params = {"kernel": kernel, **({"bias": _normal((12,), 11)} if bias else {})}
+    ref = nn.Conv(12, kernel_size, strides, padding=pad, use_bias=bias)
+    fast = layers.Im2colConv(12, kernel_size, strides, padding=pad, use_bias=bias)
+    assert jax.tree.map(jnp.shape, fast.init(KEY, x)["params"]) == jax.tree.map(jnp.shape, params)
+    f_ref = lambda x, p: ref.apply({"params": p}, x)
+    f_fast = lambda x, p: fast.apply({"params": p}, x)
+    out_shape = jax.eval_shape(f_ref, x, params).shape
+    w = _normal(out_shape, 12)
+    y_ref, g_ref = _value_and_grads(f_ref, (x, params), w)
+    y, g = _value_and_grads(f_fast, (x, params), w)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_im2col_where_it_pays():
-  """``conv_im2col=None``: im2col on CPU for few input channels or outputs under 4×4."""
-  assert layers.im2col_pays(1, 64, 64) and layers.im2col_pays(512, 2, 2)
-  assert not layers.im2col_pays(64, 32, 32) and not layers.im2col_pays(512, 4, 4)
-  assert layers.use_im2col(True, 64, 32, 32) and not layers.use_im2col(False, 1, 2, 2)
-  on_cpu = jax.default_backend() == 'cpu'
-  assert layers.use_im2col(None, 512, 2, 2) == on_cpu
-  assert not layers.use_im2col(None, 64, 32, 32)
+    """``conv_im2col=None``: im2col on CPU for few input channels or outputs under 4×4."""
+    assert layers.im2col_pays(1, 64, 64) and layers.im2col_pays(512, 2, 2)
+    assert not layers.im2col_pays(64, 32, 32) and not layers.im2col_pays(512, 4, 4)
+    assert layers.use_im2col(True, 64, 32, 32) and not layers.use_im2col(False, 1, 2, 2)
+    on_cpu = jax.default_backend() == "cpu"
+    assert layers.use_im2col(None, 512, 2, 2) == on_cpu
+    assert not layers.use_im2col(None, 64, 32, 32)
 
 
-@pytest.mark.parametrize('side', [3, 8])  # 2×2 output (im2col) and 8×8 (XLA's conv)
+@pytest.mark.parametrize("side", [3, 8])  # 2×2 output (im2col) and 8×8 (XLA's conv)
 def test_auto_conv_equals_conv(side):
-  x = _normal((2, side, side, 8), 16)
-  params = {'kernel': 0.1 * _normal((3, 3, 8, 12), 17), 'bias': _normal((12,), 18)}
-  pad = ((1, 1), (1, 1))
-  ref = nn.Conv(12, (3, 3), (2, 2), padding=pad)
-  auto = layers.conv_cls(None)(12, (3, 3), (2, 2), padding=pad, use_bias=True)
-  y_ref = ref.apply({'params': params}, x)
-  np.testing.assert_allclose(auto.apply({'params': params}, x), y_ref, atol=1e-5)
+    x = _normal((2, side, side, 8), 16)
+    params = {"kernel": 0.1 * _normal((3, 3, 8, 12), 17), "bias": _normal((12,), 18)}
+    pad = ((1, 1), (1, 1))
+    ref = nn.Conv(12, (3, 3), (2, 2), padding=pad)
+    auto = layers.conv_cls(None)(12, (3, 3), (2, 2), padding=pad, use_bias=True)
+    y_ref = ref.apply({"params": params}, x)
+    np.testing.assert_allclose(auto.apply({"params": params}, x), y_ref, atol=1e-5)
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_patch_matmul_has_the_gradients_of_a_matmul(dtype):
-  """The custom VJP only reorders the weight gradient's contraction."""
-  patches = _normal((3, 4, 5, 12), 13).astype(dtype)
-  kernel = _normal((12, 7), 14).astype(dtype)
-  w = _normal((3, 4, 5, 7), 15).astype(dtype)
-  ref = jax.value_and_grad(lambda p, k: jnp.sum((p @ k) * w).astype(jnp.float32), argnums=(0, 1))
-  got = jax.value_and_grad(lambda p, k: jnp.sum(layers.patch_matmul(p, k) * w).astype(jnp.float32),
-                           argnums=(0, 1))
-  (v_ref, g_ref), (v, g) = ref(patches, kernel), got(patches, kernel)
-  tol = 1e-5 if dtype == jnp.float32 else 5e-2
-  np.testing.assert_allclose(v, v_ref, rtol=tol)
-  for a, b in zip(g, g_ref):
-    assert a.dtype == b.dtype and a.shape == b.shape
-    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
+    """The custom VJP only reorders the weight gradient's contraction."""
+    patches = _normal((3, 4, 5, 12), 13).astype(dtype)
+    kernel = _normal((12, 7), 14).astype(dtype)
+    w = _normal((3, 4, 5, 7), 15).astype(dtype)
+    ref = jax.value_and_grad(lambda p, k: jnp.sum((p @ k) * w).astype(jnp.float32), argnums=(0, 1))
+    got = jax.value_and_grad(lambda p, k: jnp.sum(layers.patch_matmul(p, k) * w).astype(jnp.float32), argnums=(0, 1))
+    (v_ref, g_ref), (v, g) = ref(patches, kernel), got(patches, kernel)
+    tol = 1e-5 if dtype == jnp.float32 else 5e-2
+    np.testing.assert_allclose(v, v_ref, rtol=tol)
+    for a, b in zip(g, g_ref):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize('source', [None, 'adapter', 'image'])
+@pytest.mark.parametrize("source", [None, "adapter", "image"])
 def test_resnet_levers_change_nothing_but_speed(source):
-  x = _images(2)
-  cross = dict(cross=source is not None, source=source or 'adapter')
-  default = _tiny(False)
-  assert not default.fast_maxpool and default.stem_im2col and default.conv_im2col is None
-  fast = _tiny(**cross, fast_maxpool=True, conv_im2col=True)  # every lever, every conv as a matmul
-  ref = _tiny(**cross, fast_maxpool=False, stem_im2col=False, conv_im2col=False)
-  variables = _random_variables(ref, x)
-  assert jax.tree.structure(_shapes(fast, x)) == jax.tree.structure(variables)
+    x = _images(2)
+    cross = dict(cross=source is not None, source=source or "adapter")
+    default = _tiny(False)
+    assert not default.fast_maxpool and default.stem_im2col and default.conv_im2col is None
+    fast = _tiny(**cross, fast_maxpool=True, conv_im2col=True)  # every lever, every conv as a matmul
+    ref = _tiny(**cross, fast_maxpool=False, stem_im2col=False, conv_im2col=False)
+    variables = _random_variables(ref, x)
+    assert jax.tree.structure(_shapes(fast, x)) == jax.tree.structure(variables)
 
-  def loss(model, params):
-    out, _ = model.apply({**variables, 'params': params}, x, train=True,
-                         mutable=['batch_stats'])
-    return jnp.sum(out * jnp.arange(6.0))
+    def loss(model, params):
+        out, _ = model.apply({**variables, "params": params}, x, train=True, mutable=["batch_stats"])
+        return jnp.sum(out * jnp.arange(6.0))
 
-  l_ref, g_ref = jax.jit(jax.value_and_grad(lambda p: loss(ref, p)))(variables['params'])
-  l, g = jax.jit(jax.value_and_grad(lambda p: loss(fast, p)))(variables['params'])
-  np.testing.assert_allclose(l, l_ref, rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
-    np.testing.assert_allclose(a, b, atol=1e-4)
+    l_ref, g_ref = jax.jit(jax.value_and_grad(lambda p: loss(ref, p)))(variables["params"])
+    l, g = jax.jit(jax.value_and_grad(lambda p: loss(fast, p)))(variables["params"])
+    np.testing.assert_allclose(l, l_ref, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, atol=1e-4)
 
 
 def test_bfloat16_compute_keeps_float32_params():
-  x = _images(2)
-  model = _tiny(True, dtype=jnp.bfloat16)
-  shapes = _shapes(model, x)
-  assert {p.dtype for p in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
-  variables = _random_variables(model, x)
-  out, _ = jax.jit(lambda v: model.apply(v, x, train=True, mutable=['batch_stats']))(variables)
-  assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
+    x = _images(2)
+    model = _tiny(True, dtype=jnp.bfloat16)
+    shapes = _shapes(model, x)
+    assert {p.dtype for p in jax.tree.leaves(shapes)} == {jnp.dtype(jnp.float32)}
+    variables = _random_variables(model, x)
+    out, _ = jax.jit(lambda v: model.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+    assert out.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(out)))
 
 
-@pytest.mark.parametrize('size_in, size_out', [(13, 6), (1, 7), (4, 7), (14, 7)])
+@pytest.mark.parametrize("size_in, size_out", [(13, 6), (1, 7), (4, 7), (14, 7)])
 def test_adaptive_avg_pool_matches_torch(size_in, size_out):
-  torch = pytest.importorskip('torch')
-  x = np.random.default_rng(0).normal(size=(2, size_in, size_in + 1, 3)).astype(np.float32)
-  want = torch.nn.functional.adaptive_avg_pool2d(
-      torch.from_numpy(x).permute(0, 3, 1, 2), (size_out, size_out)).permute(0, 2, 3, 1)
-  got = layers.adaptive_avg_pool(jnp.asarray(x), (size_out, size_out))
-  np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).normal(size=(2, size_in, size_in + 1, 3)).astype(np.float32)
+    want = torch.nn.functional.adaptive_avg_pool2d(
+        torch.from_numpy(x).permute(0, 3, 1, 2), (size_out, size_out)
+    ).permute(0, 2, 3, 1)
+    got = layers.adaptive_avg_pool(jnp.asarray(x), (size_out, size_out))
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-5)
 
 
 def test_dropout_only_in_training():
-  model = get_model('vgg_tiny', num_classes=6)
-  x = _images(2)
-  variables = _random_variables(model, x)
+    model = get_model("vgg_tiny", num_classes=6)
+    x = _images(2)
+    variables = _random_variables(model, x)
 
-  @jax.jit
-  def logits(k1, k2):
-    run = lambda k: model.apply(variables, x, train=True, rngs={'dropout': k},
-                                mutable=['batch_stats'])[0]
-    return run(k1), run(k2), model.apply(variables, x, train=False)
-  a, b, det = logits(jax.random.key(1), jax.random.key(2))
-  assert not np.allclose(a, b)
-  np.testing.assert_array_equal(det, jax.jit(lambda: model.apply(variables, x, train=False))())
+    @jax.jit
+    def logits(k1, k2):
+        run = lambda k: model.apply(variables, x, train=True, rngs={"dropout": k}, mutable=["batch_stats"])[0]
+        return run(k1), run(k2), model.apply(variables, x, train=False)
+
+    a, b, det = logits(jax.random.key(1), jax.random.key(2))
+    assert not np.allclose(a, b)
+    np.testing.assert_array_equal(det, jax.jit(lambda: model.apply(variables, x, train=False))())
 
 
-@pytest.mark.parametrize('name', ['vgg_tiny', 'densenet_tiny', 'alexnet'])
+@pytest.mark.parametrize("name", ["vgg_tiny", "densenet_tiny", "alexnet"])
 def test_baseline_im2col_convs_change_nothing(name):
-  size = 64 if name == 'alexnet' else 16
-  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, size, size, 1)), jnp.float32)
-  fast = get_model(name, num_classes=6, in_channels=1, conv_im2col=True)
-  ref = get_model(name, num_classes=6, in_channels=1, conv_im2col=False)
-  variables = jax.jit(lambda k: ref.init({'params': k, 'dropout': k}, x, train=False))(RBG_KEY)
-  assert (jax.tree.structure(jax.eval_shape(
-      lambda: fast.init({'params': KEY, 'dropout': KEY}, x, train=False)))
-      == jax.tree.structure(variables))
-  y_ref = jax.jit(lambda v: ref.apply(v, x, train=False))(variables)
-  y = jax.jit(lambda v: fast.apply(v, x, train=False))(variables)
-  np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5)
+    size = 64 if name == "alexnet" else 16
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, size, size, 1)), jnp.float32)
+    fast = get_model(name, num_classes=6, in_channels=1, conv_im2col=True)
+    ref = get_model(name, num_classes=6, in_channels=1, conv_im2col=False)
+    variables = jax.jit(lambda k: ref.init({"params": k, "dropout": k}, x, train=False))(RBG_KEY)
+    assert jax.tree.structure(
+        jax.eval_shape(lambda: fast.init({"params": KEY, "dropout": KEY}, x, train=False))
+    ) == jax.tree.structure(variables)
+    y_ref = jax.jit(lambda v: ref.apply(v, x, train=False))(variables)
+    y = jax.jit(lambda v: fast.apply(v, x, train=False))(variables)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5)

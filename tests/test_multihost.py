@@ -27,16 +27,34 @@ def free_port() -> int:
 
 def run_workers(tmp_path) -> list[dict]:
     port = free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           # The parent's conftest asks for 8 host devices; each worker sets its own count.
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
-           "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        # The parent's conftest asks for 8 host devices; each worker sets its own count.
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES_PER_PROCESS}",
+        "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     outs = [tmp_path / f"process{i}.npz" for i in range(NUM_PROCESSES)]
     logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(NUM_PROCESSES)]
     procs = [
-        subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "multihost_worker.py"), "--port", str(port),
-                          "--process_id", str(i), "--num_processes", str(NUM_PROCESSES), "--out", str(outs[i])],
-                         env=env, cwd=ROOT, stdout=logs[i], stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [
+                sys.executable,
+                os.path.join(ROOT, "tests", "multihost_worker.py"),
+                "--port",
+                str(port),
+                "--process_id",
+                str(i),
+                "--num_processes",
+                str(NUM_PROCESSES),
+                "--out",
+                str(outs[i]),
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=logs[i],
+            stderr=subprocess.STDOUT,
+        )
         for i in range(NUM_PROCESSES)
     ]
     deadline = time.monotonic() + TIMEOUT_S
@@ -77,8 +95,9 @@ def test_two_processes_train_like_one(tmp_path):
             np.testing.assert_allclose(r[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
         assert r["eval_count"] == worker.GLOBAL_BATCH - 3  # padding masked over both processes
     # Training moved the parameters (so the comparison is not trivially of the init).
-    init = worker.TinyNet().init(__import__("jax").random.key(0), np.zeros((1, worker.SIZE, worker.SIZE, 1),
-                                                                           np.float32), train=False)
+    init = worker.TinyNet().init(
+        __import__("jax").random.key(0), np.zeros((1, worker.SIZE, worker.SIZE, 1), np.float32), train=False
+    )
     kernel = [k for k in reference if k.startswith("params") and "Dense" in k and "kernel" in k][0]
     assert not np.allclose(reference[kernel], np.asarray(init["params"]["Dense_0"]["kernel"]), atol=1e-3)
     assert reference["losses"][-1] < reference["losses"][0]

@@ -16,8 +16,9 @@ from jaxthyroid import findings, phantom
 SIZE = 64
 PER_SET = 8
 TAX = findings.DEFAULT
-NORMAL, GRAVES, SUBACUTE, HOT, COLD = (TAX.set_id(n) for n in
-                                       ("normal", "graves", "subacute_thyroiditis", "hot_nodule", "cold_nodule"))
+NORMAL, GRAVES, SUBACUTE, HOT, COLD = (
+    TAX.set_id(n) for n in ("normal", "graves", "subacute_thyroiditis", "hot_nodule", "cold_nodule")
+)
 
 
 _poisson_fast = jax.jit(phantom._poisson_fast)
@@ -26,12 +27,12 @@ _poisson_fast = jax.jit(phantom._poisson_fast)
 def _smooth(img):
     """3x3 box mean (fights Poisson noise before taking maxima)."""
     p = np.pad(img, 1, mode="edge")
-    return sum(p[i:i + img.shape[0], j:j + img.shape[1]] for i in range(3) for j in range(3)) / 9.0
+    return sum(p[i : i + img.shape[0], j : j + img.shape[1]] for i in range(3) for j in range(3)) / 9.0
 
 
 def _disc(centre_xy, radius):
     yy, xx = np.mgrid[:SIZE, :SIZE]
-    return (xx - centre_xy[0]) ** 2 + (yy - centre_xy[1]) ** 2 <= radius ** 2
+    return (xx - centre_xy[0]) ** 2 + (yy - centre_xy[1]) ** 2 <= radius**2
 
 
 def _background(img):
@@ -115,7 +116,7 @@ def test_subacute_thyroiditis_salivary_brighter_than_thyroid(images, ids, info):
         lobes = info["lobe_centre_px"][i]  # [2, 2] (lobe, xy)
         thyroid = max(img[_disc(c, 3)].mean() for c in lobes)
         top = int(lobes[:, 1].mean()) - 8  # salivary glands lie > 20 mm above
-        return img[:max(top, 4)].max() / thyroid
+        return img[: max(top, 4)].max() / thyroid
 
     sub = np.array([salivary_over_thyroid(i) for i in _of_set(ids, SUBACUTE)])
     normal = np.array([salivary_over_thyroid(i) for i in _of_set(ids, NORMAL)])

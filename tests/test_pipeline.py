@@ -23,11 +23,16 @@ def make_records(n, *, seed=0, synthetic=0):
         fs = i % TAX.num_sets
         img = rng.poisson(50.0 + 10 * fs, size=(SIZE, SIZE, 1)).astype(np.uint16)
         img[0, 0, 0] = i  # makes every record identifiable from its image
-        out.append({
-            "image": img, "findings": TAX.set_table[fs], "finding_set": np.int64(fs),
-            "subset": np.int64(TAX.is_cross(fs)), "synthetic": np.int64(synthetic),
-            "index": i,
-        })
+        out.append(
+            {
+                "image": img,
+                "findings": TAX.set_table[fs],
+                "finding_set": np.int64(fs),
+                "subset": np.int64(TAX.is_cross(fs)),
+                "synthetic": np.int64(synthetic),
+                "index": i,
+            }
+        )
     return out
 
 
@@ -88,12 +93,16 @@ def test_determinism_for_a_seed(source):
 
 def test_iterator_state_round_trip(source):
     aug = transforms.AugmentConfig()
-    loader = pipeline.make_loader(source, batch_size=4, seed=1, num_epochs=None, augment=aug, shard_index=0, shard_count=1)
+    loader = pipeline.make_loader(
+        source, batch_size=4, seed=1, num_epochs=None, augment=aug, shard_index=0, shard_count=1
+    )
     it = iter(loader)
     take(it, 3)
     state = it.get_state()
     rest = take(it, 12)  # runs past the end of the first epoch
-    it2 = iter(pipeline.make_loader(source, batch_size=4, seed=1, num_epochs=None, augment=aug, shard_index=0, shard_count=1))
+    it2 = iter(
+        pipeline.make_loader(source, batch_size=4, seed=1, num_epochs=None, augment=aug, shard_index=0, shard_count=1)
+    )
     it2.set_state(state)
     assert_batches_equal(rest, take(it2, 12))
 

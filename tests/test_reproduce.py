@@ -31,8 +31,17 @@ def finished_run(tmp_path_factory):
     """A tiny reproduce run killed with SIGKILL once the GAN stage finished, then rerun."""
     tmp = tmp_path_factory.mktemp("reproduce")
     out = tmp / "out"
-    cmd = [sys.executable, "-m", "jaxthyroid", "reproduce", "--preset", "tiny", "--out", str(out),
-           f"--config.classifier.data.data_dir={tmp / 'data'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxthyroid",
+        "reproduce",
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        f"--config.classifier.data.data_dir={tmp / 'data'}",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     marker = out / "seed0" / "gan" / "result.json"
     deadline = time.time() + 600
@@ -41,8 +50,11 @@ def finished_run(tmp_path_factory):
     assert marker.exists(), proc.communicate()[0].decode()[-3000:] if proc.poll() is not None else "timeout"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    first = {s: (out / "seed0" / s / "result.json").stat().st_mtime_ns
-             for s in reproduce.STAGES if (out / "seed0" / s / "result.json").exists()}
+    first = {
+        s: (out / "seed0" / s / "result.json").stat().st_mtime_ns
+        for s in reproduce.STAGES
+        if (out / "seed0" / s / "result.json").exists()
+    }
     rerun = subprocess.run(cmd, cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return out, first, rerun.stdout
@@ -62,9 +74,18 @@ def test_report_is_complete_and_matches_json(finished_run):
     out, _, _ = finished_run
     md = (out / "report.md").read_text()
     numbers = json.loads((out / "report.json").read_text())
-    for heading in ("Against the paper", "Tab.1 analogue", "Tab.2 analogue", "Tab.3 analogue",
-                    "Validation curves", "Ablations", "Data scarcity", "GAN augmentation",
-                    "Confusion matrix", "What this shows"):
+    for heading in (
+        "Against the paper",
+        "Tab.1 analogue",
+        "Tab.2 analogue",
+        "Tab.3 analogue",
+        "Validation curves",
+        "Ablations",
+        "Data scarcity",
+        "GAN augmentation",
+        "Confusion matrix",
+        "What this shows",
+    ):
         assert f"## {heading}" in md, heading
     # Every method of Tab.3 is in the JSON, with the value printed in its row.
     for method, metrics in numbers["methods"].items():

@@ -106,8 +106,7 @@ def test_mixed_loader_has_requested_synthetic_ratio(built, ratio):
     mixed = sources.mix_sources(real, synthetic_builder.synthetic_source(path), ratio, seed=3)
     n_syn = int(round(ratio * 40))  # 20, or 60 (cycles through the 30 generated images)
     assert len(mixed) == 40 + n_syn
-    loader = pipeline.make_loader(mixed, batch_size=10, seed=0, shard_index=0, shard_count=1,
-                                  drop_remainder=False)
+    loader = pipeline.make_loader(mixed, batch_size=10, seed=0, shard_index=0, shard_count=1, drop_remainder=False)
     batches = list(loader)
     flags = np.concatenate([b["synthetic"] for b in batches])
     sets = np.concatenate([b["finding_set"] for b in batches])

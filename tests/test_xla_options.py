@@ -12,16 +12,19 @@ pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:C
 
 
 def _conv_grad(x, k):
-    conv = lambda x, k: lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = lambda x, k: lax.conv_general_dilated(
+        x, k, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     return jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), argnums=(0, 1))(x, k)
 
 
 def _inputs():
     # Large enough for jaxlib's default to choose YNNPACK (it leaves 2×6×6×8 to XLA).
     rng = np.random.default_rng(0)
-    return (jnp.asarray(rng.normal(size=(4, 16, 16, 32)), jnp.float32),
-            jnp.asarray(0.1 * rng.normal(size=(3, 3, 32, 32)), jnp.float32))
+    return (
+        jnp.asarray(rng.normal(size=(4, 16, 16, 32)), jnp.float32),
+        jnp.asarray(0.1 * rng.normal(size=(3, 3, 32, 32)), jnp.float32),
+    )
 
 
 JAXLIB_0_10 = jax.__version_info__[:2] == (0, 10)  # the jaxlib these options were measured on

@@ -28,9 +28,9 @@ def get_config():
     c.workdir = "runs/cross_training_quick"
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "phantom"          # phantom (TFDS + grain) | folder (a built folder data set)
-    c.data.data_dir = "data_dir"       # where TFDS data sets live
-    c.data.dataset_dir = ""            # source=folder: the folder `jaxthyroid data build folder` printed
+    c.data.source = "phantom"  # phantom (TFDS + grain) | folder (a built folder data set)
+    c.data.data_dir = "data_dir"  # where TFDS data sets live
+    c.data.dataset_dir = ""  # source=folder: the folder `jaxthyroid data build folder` printed
     c.data.size = 64
     # Sized for ~10 min on 2 shared CPU cores (see the docstring); ~25 % cross-feature.
     c.data.n_train = 960
@@ -40,19 +40,19 @@ def get_config():
     c.data.batch_size = 32
     c.data.eval_batch_size = 128
     c.data.augment = True
-    c.data.synthetic_dir = ""          # a GAN-augmented TFDS data set to mix in (see `jaxthyroid augment`)
+    c.data.synthetic_dir = ""  # a GAN-augmented TFDS data set to mix in (see `jaxthyroid augment`)
     c.data.synthetic_ratio = 0.0
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
-    c.model.cross_source = "adapter"   # adapter | image: where the cross term x_i comes from
-    c.model.dtype = "float32"          # compute dtype: float32 | bfloat16
-    c.model.conv_im2col = None         # convs as im2col matmuls: None = on for the CPU backend only
+    c.model.cross_source = "adapter"  # adapter | image: where the cross term x_i comes from
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.conv_im2col = None  # convs as im2col matmuls: None = on for the CPU backend only
 
     def phase(epochs, lr, train_on, param_groups=()):
         p = ml_collections.ConfigDict()
         p.epochs = epochs
-        p.train_on = train_on           # single | all
+        p.train_on = train_on  # single | all
         p.optimizer = "sgd"
         p.learning_rate = lr
         p.momentum = 0.9

@@ -35,23 +35,40 @@ def get_config():
     c.seed = 0
     c.workdir = "runs/gan_quick"
 
-    c.data = ml_collections.ConfigDict(dict(
-        data_dir="data_dir", size=64, n_train=600, n_val=120, n_test=360, cross_fraction=0.25))
+    c.data = ml_collections.ConfigDict(
+        dict(data_dir="data_dir", size=64, n_train=600, n_val=120, n_test=360, cross_fraction=0.25)
+    )
 
-    c.dcgan = ml_collections.ConfigDict(dict(
-        image_size=32, nz=64, ngf=16, ndf=16, epochs=30, batch_size=32, learning_rate=2e-4, sample_every=10))
-    c.srgan = ml_collections.ConfigDict(dict(
-        # The MSE pre-training at 1e-3: at Ledig's 1e-4 a CPU-sized run (~300 steps) stays below bicubic.
-        scale=2, num_blocks=4, features=32, bicubic_skip=True, pretrain_epochs=8, gan_epochs=2, batch_size=16, learning_rate=1e-4,
-        pretrain_learning_rate=1e-3,
-        adversarial_weight=1e-3, content_loss="feature_matching", eval_images=200,
-        # A discriminator sized for the CPU: the paper's widths/4, pooled to 4×4 before its dense layers.
-        d_features=16, d_dense_features=256, d_pool_size=4))
+    c.dcgan = ml_collections.ConfigDict(
+        dict(image_size=32, nz=64, ngf=16, ndf=16, epochs=30, batch_size=32, learning_rate=2e-4, sample_every=10)
+    )
+    c.srgan = ml_collections.ConfigDict(
+        dict(
+            # The MSE pre-training at 1e-3: at Ledig's 1e-4 a CPU-sized run (~300 steps) stays below bicubic.
+            scale=2,
+            num_blocks=4,
+            features=32,
+            bicubic_skip=True,
+            pretrain_epochs=8,
+            gan_epochs=2,
+            batch_size=16,
+            learning_rate=1e-4,
+            pretrain_learning_rate=1e-3,
+            adversarial_weight=1e-3,
+            content_loss="feature_matching",
+            eval_images=200,
+            # A discriminator sized for the CPU: the paper's widths/4, pooled to 4×4 before its dense layers.
+            d_features=16,
+            d_dense_features=256,
+            d_pool_size=4,
+        )
+    )
 
     c.generate = ml_collections.ConfigDict(dict(per_set=30))
 
     # The judge: a classifier trained on real images only (cross_training's plain phase).
     # num_filters 16: ResNet-18 at 1/4 width (the measured 18 min above were full width).
-    c.classifier = ml_collections.ConfigDict(dict(model="resnet18", num_filters=16, epochs=6, batch_size=32,
-                                                  learning_rate=0.05))
+    c.classifier = ml_collections.ConfigDict(
+        dict(model="resnet18", num_filters=16, epochs=6, batch_size=32, learning_rate=0.05)
+    )
     return c

@@ -20,11 +20,21 @@ def get_config():
     c = config.load_config(str(pathlib.Path(__file__).with_name("reproduce_quick.py")))
     c.preset = "paper"
     cl = config.load_config(str(pathlib.Path(__file__).with_name("cross_training_paper.py")))
-    cl.model.num_filters = 0            # full width
+    cl.model.num_filters = 0  # full width
     c.classifier = cl
     c.gan.dcgan.update(dict(image_size=64, nz=100, ngf=64, ndf=64, epochs=50, batch_size=64))
-    c.gan.srgan.update(dict(num_blocks=16, features=64, pretrain_epochs=50, gan_epochs=20, batch_size=32,
-                            d_features=64, d_dense_features=1024, d_pool_size=6))
+    c.gan.srgan.update(
+        dict(
+            num_blocks=16,
+            features=64,
+            pretrain_epochs=50,
+            gan_epochs=20,
+            batch_size=32,
+            d_features=64,
+            d_dense_features=1024,
+            d_pool_size=6,
+        )
+    )
     c.synthetic.per_set = 200
     c.baselines = ["vgg16_bn", "alexnet", "densenet121"]
     c.scarcity.per_set = [25, 50, 100, 200]

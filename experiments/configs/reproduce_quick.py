@@ -34,20 +34,35 @@ def get_config():
     cl.data.n_train, cl.data.n_val, cl.data.n_test = 480, 120, 360
     cl.data.batch_size = 32
     cl.model.name = "resnet18"
-    cl.model.num_filters = 16          # ResNet-18 at 1/4 width: CPU-sized
+    cl.model.num_filters = 16  # ResNet-18 at 1/4 width: CPU-sized
     cl.phase1.epochs, cl.phase2.epochs, cl.plain.epochs = 3, 3, 6
     cl.checkpoint_every_steps = 200
     c.classifier = cl
 
     c.gan = ml_collections.ConfigDict()
-    c.gan.dcgan = ml_collections.ConfigDict(dict(
-        image_size=32, nz=64, ngf=16, ndf=16, epochs=5, batch_size=32, learning_rate=2e-4))
+    c.gan.dcgan = ml_collections.ConfigDict(
+        dict(image_size=32, nz=64, ngf=16, ndf=16, epochs=5, batch_size=32, learning_rate=2e-4)
+    )
     # SRResNet and SRGAN at CPU size: 2 residual blocks, a narrow discriminator.
-    c.gan.srgan = ml_collections.ConfigDict(dict(
-        scale=2, num_blocks=2, features=32, bicubic_skip=True, pretrain_epochs=2, gan_epochs=1, batch_size=16,
-        learning_rate=1e-4, pretrain_learning_rate=1e-3, adversarial_weight=1e-3,
-        content_loss="feature_matching", d_features=16, d_dense_features=256, d_pool_size=4,
-        eval_images=120))
+    c.gan.srgan = ml_collections.ConfigDict(
+        dict(
+            scale=2,
+            num_blocks=2,
+            features=32,
+            bicubic_skip=True,
+            pretrain_epochs=2,
+            gan_epochs=1,
+            batch_size=16,
+            learning_rate=1e-4,
+            pretrain_learning_rate=1e-3,
+            adversarial_weight=1e-3,
+            content_loss="feature_matching",
+            d_features=16,
+            d_dense_features=256,
+            d_pool_size=4,
+            eval_images=120,
+        )
+    )
 
     c.synthetic = ml_collections.ConfigDict(dict(per_set=40, ratio=0.5))
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import parallel, phantom
+
 # pipeline imports grain only inside make_loader (test_device_stream checks it in a
 # subprocess with grain and TFDS blocked): its eval padding is shared from there.
 from jaxthyroid.data import pipeline, transforms
@@ -75,9 +76,20 @@ class PhantomStream:
     that dict (or the int) and continues from there.
     """
 
-    def __init__(self, key: jax.Array, *, batch_size: int, size: int, cross_fraction: float,
-                 single_only: bool, augment: transforms.AugmentConfig | None, steps: int | None,
-                 first_step: int, params, mesh):
+    def __init__(
+        self,
+        key: jax.Array,
+        *,
+        batch_size: int,
+        size: int,
+        cross_fraction: float,
+        single_only: bool,
+        augment: transforms.AugmentConfig | None,
+        steps: int | None,
+        first_step: int,
+        params,
+        mesh,
+    ):
         if size not in phantom.SIZES:
             raise ValueError(f"phantom size must be one of {phantom.SIZES}, got {size}")
         if not 0.0 <= cross_fraction <= 1.0:
@@ -113,8 +125,10 @@ class PhantomStream:
     def set_state(self, state) -> None:
         step = int(state["step"] if isinstance(state, dict) else state)
         if step < self.first_step or (self.end is not None and step > self.end):
-            raise ValueError(f"stream state step {step} is outside this stream's steps "
-                             f"[{self.first_step}, {self.end if self.end is not None else '∞'}]")
+            raise ValueError(
+                f"stream state step {step} is outside this stream's steps "
+                f"[{self.first_step}, {self.end if self.end is not None else '∞'}]"
+            )
         self.step = step
 
 
@@ -143,9 +157,18 @@ def train_batches(
     split over its ``data`` axis (what ``parallel.shard_batch`` would make of them;
     ``batch_size`` is then the global batch).
     """
-    return PhantomStream(key, batch_size=batch_size, size=size, cross_fraction=cross_fraction,
-                         single_only=single_only, augment=augment, steps=steps, first_step=first_step,
-                         params=params, mesh=mesh)
+    return PhantomStream(
+        key,
+        batch_size=batch_size,
+        size=size,
+        cross_fraction=cross_fraction,
+        single_only=single_only,
+        augment=augment,
+        steps=steps,
+        first_step=first_step,
+        params=params,
+        mesh=mesh,
+    )
 
 
 def fixed_split(
@@ -166,8 +189,14 @@ def fixed_split(
     """
     if n <= 0:
         raise ValueError(f"an evaluation set needs n > 0 examples, got {n}")
-    stream = train_batches(jax.random.key(seed), batch_size=generate_batch, size=size,
-                           cross_fraction=cross_fraction, steps=math.ceil(n / generate_batch), params=params)
+    stream = train_batches(
+        jax.random.key(seed),
+        batch_size=generate_batch,
+        size=size,
+        cross_fraction=cross_fraction,
+        steps=math.ceil(n / generate_batch),
+        params=params,
+    )
     parts = [jax.device_get(b) for b in stream]
     return {k: np.concatenate([p[k] for p in parts])[:n] for k in BATCH_KEYS}
 

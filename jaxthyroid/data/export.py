@@ -36,8 +36,7 @@ def write_png16(path, counts2d) -> None:
     Image.fromarray(_as_uint16(counts2d)).save(path, format="PNG")
 
 
-def write_dicom(path, counts2d, *, finding_set_name: str, patient_id: str,
-                pixel_spacing_mm: float) -> None:
+def write_dicom(path, counts2d, *, finding_set_name: str, patient_id: str, pixel_spacing_mm: float) -> None:
     """A single-frame static NM DICOM file (uint16 counts, explicit VR little endian).
 
     ``finding_set_name`` goes to ImageComments and the series description, so the
@@ -103,8 +102,17 @@ def write_dicom(path, counts2d, *, finding_set_name: str, patient_id: str,
     ds.save_as(path, enforce_file_format=True)
 
 
-def write_simulated(out_dir, n: int, *, size: int = 128, seed: int = 0, cross_fraction: float = 0.25,
-                    dicom: bool = False, params=None, chunk: int = 64) -> dict:
+def write_simulated(
+    out_dir,
+    n: int,
+    *,
+    size: int = 128,
+    seed: int = 0,
+    cross_fraction: float = 0.25,
+    dicom: bool = False,
+    params=None,
+    chunk: int = 64,
+) -> dict:
     """Simulates ``n`` phantom scintigrams and writes them as a folder data set.
 
     Image ``i`` is ``phantom.simulate(example_keys(seed, [i]), [set_i])`` with the
@@ -145,15 +153,23 @@ def write_simulated(out_dir, n: int, *, size: int = 128, seed: int = 0, cross_fr
                 path = out / "png" / folder / f"{i:05d}.png"
                 write_png16(path, images[j, ..., 0])
                 if dicom:
-                    write_dicom(out / "dicom" / folder / f"{i:05d}.dcm", images[j, ..., 0], finding_set_name=folder,
-                                patient_id=f"PHANTOM-{seed}-{i:05d}", pixel_spacing_mm=float(spacing[j]))
+                    write_dicom(
+                        out / "dicom" / folder / f"{i:05d}.dcm",
+                        images[j, ..., 0],
+                        finding_set_name=folder,
+                        patient_id=f"PHANTOM-{seed}-{i:05d}",
+                        pixel_spacing_mm=float(spacing[j]),
+                    )
                 paths.append(str(path))
                 counts[folder] += 1
                 if len(sheet[folder]) < 6:
                     sheet[folder].append(images[j, ..., 0])
             bar.update(int(real.sum()))
-    ordered = {taxonomy.folder_name(s): sheet[taxonomy.folder_name(s)]
-               for s in range(taxonomy.num_sets) if taxonomy.folder_name(s) in sheet}
+    ordered = {
+        taxonomy.folder_name(s): sheet[taxonomy.folder_name(s)]
+        for s in range(taxonomy.num_sets)
+        if taxonomy.folder_name(s) in sheet
+    }
     sheet_path = out / "contact_sheet.png"
     report.contact_sheet(ordered, sheet_path, per_row=6)
     return {

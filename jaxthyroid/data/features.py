@@ -149,8 +149,7 @@ def load_source(dataset_dir, split: str, *, in_memory: bool | None = None):
     """
     info = os.path.join(os.fspath(dataset_dir), "dataset_info.json")
     # The info file's mtime in the key: a data set rebuilt in place is read afresh.
-    key = (os.path.realpath(os.fspath(dataset_dir)), split,
-           os.stat(info).st_mtime_ns if os.path.isfile(info) else 0)
+    key = (os.path.realpath(os.fspath(dataset_dir)), split, os.stat(info).st_mtime_ns if os.path.isfile(info) else 0)
     if in_memory is not False and key in _MEMORY:
         return _MEMORY[key]
     source = _open_source(dataset_dir, split)

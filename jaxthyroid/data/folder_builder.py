@@ -65,7 +65,9 @@ def _labelled_from_folders(root: str, taxonomy_from_folders: bool):
     """-> (taxonomy, [(path, folder name)], labelling problems, skippable problems)."""
     folders = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)) and not d.startswith("."))
     if not folders:
-        raise DataError(f"{root}: no finding-set folders found", [f"{root}: expected ROOT/<finding>[+<finding>]/<images>"])
+        raise DataError(
+            f"{root}: no finding-set folders found", [f"{root}: expected ROOT/<finding>[+<finding>]/<images>"]
+        )
     taxonomy = findings_lib.Taxonomy.from_folder_names(folders) if taxonomy_from_folders else findings_lib.DEFAULT
     labelled, problems, skippable = [], [], []
     for d in folders:
@@ -79,8 +81,11 @@ def _labelled_from_folders(root: str, taxonomy_from_folders: bool):
         if not files:
             skippable.append(f"{folder}: folder has no images")
         labelled += [(f, d) for f in files]
-    loose = [os.path.join(root, f) for f in sorted(os.listdir(root))
-             if os.path.isfile(os.path.join(root, f)) and not images_lib.is_ignored(f)]
+    loose = [
+        os.path.join(root, f)
+        for f in sorted(os.listdir(root))
+        if os.path.isfile(os.path.join(root, f)) and not images_lib.is_ignored(f)
+    ]
     skippable += [f"{f}: file outside any finding-set folder" for f in loose]
     return taxonomy, labelled, problems, skippable
 
@@ -90,7 +95,9 @@ def _labelled_from_csv(root: str, labels_csv: str, taxonomy_from_folders: bool):
     with open(labels_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or not {"path", "finding_set"} <= set(rows[0]):
-        raise DataError(f"{labels_csv}: bad labels CSV", [f"{labels_csv}: needs a header 'path,finding_set' and at least one row"])
+        raise DataError(
+            f"{labels_csv}: bad labels CSV", [f"{labels_csv}: needs a header 'path,finding_set' and at least one row"]
+        )
     names = sorted({r["finding_set"].strip() for r in rows})
     taxonomy = findings_lib.Taxonomy.from_folder_names(names) if taxonomy_from_folders else findings_lib.DEFAULT
     for line, r in enumerate(rows, start=2):
@@ -144,7 +151,9 @@ def plan_folder(
     if not os.path.isdir(root):
         raise DataError(f"{root}: not a folder", [f"{root}: no such folder"])
     if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
-        raise ValueError(f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}")
+        raise ValueError(
+            f"need 0 <= val_fraction, test_fraction and their sum < 1; got {val_fraction}, {test_fraction}"
+        )
     if labels_csv is not None:
         taxonomy, labelled, label_problems, bad = _labelled_from_csv(root, os.fspath(labels_csv), taxonomy_from_folders)
     else:
@@ -245,12 +254,23 @@ def build_folder(
     import tqdm
 
     plan = plan_folder(
-        root, size=size, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
-        taxonomy_from_folders=taxonomy_from_folders, labels_csv=labels_csv, skip_bad=skip_bad,
-        max_pixels=max_pixels, progress=progress,
+        root,
+        size=size,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        taxonomy_from_folders=taxonomy_from_folders,
+        labels_csv=labels_csv,
+        skip_bad=skip_bad,
+        max_pixels=max_pixels,
+        progress=progress,
     )
-    config = FolderConfig(name=_config_name(os.fspath(root), name, size), size=size, max_pixels=max_pixels,
-                          description=f"images from {os.fspath(root)}")
+    config = FolderConfig(
+        name=_config_name(os.fspath(root), name, size),
+        size=size,
+        max_pixels=max_pixels,
+        description=f"images from {os.fspath(root)}",
+    )
     builder = ThyroidFolder(plan=plan, data_dir=os.fspath(data_dir), config=config, file_format="array_record")
     if plan.skipped:
         tqdm.tqdm.write(f"skipped {len(plan.skipped)} bad file(s) (skip_bad=True); first: {plan.skipped[0]}")
@@ -266,4 +286,6 @@ def build_folder(
 
 def folder_dir(data_dir, root, *, name: str | None = None, size: int = 128) -> str:
     """The versioned folder :func:`build_folder` writes for these arguments."""
-    return os.path.join(os.fspath(data_dir), NAME, _config_name(os.fspath(root), name, size), str(ThyroidFolder.VERSION))
+    return os.path.join(
+        os.fspath(data_dir), NAME, _config_name(os.fspath(root), name, size), str(ThyroidFolder.VERSION)
+    )

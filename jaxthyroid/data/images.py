@@ -64,7 +64,9 @@ def _read_pil(path: str, max_pixels: int) -> np.ndarray:
             with Image.open(path) as im:
                 w, h = im.size
                 if w * h > max_pixels:
-                    raise ImageError(path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (max_pixels)")
+                    raise ImageError(
+                        path, f"{w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} (max_pixels)"
+                    )
                 if w == 0 or h == 0:
                     raise ImageError(path, "image has no pixels")
                 im.seek(0)  # first frame/page of a multi-page TIFF

@@ -120,8 +120,9 @@ class ThyroidSpectPhantom(tfds.core.GeneratorBasedBuilder):
                 batch_ids = ids[np.minimum(idx, n - 1)]
                 images = simulate_examples(cfg.seed, split, idx, batch_ids, cfg.size)
                 for j, i in enumerate(idx[idx < n]):
-                    yield int(i), features_lib.make_record(
-                        images[j], int(ids[i]), tax, origin=f"phantom/{split}/{int(i)}"
+                    yield (
+                        int(i),
+                        features_lib.make_record(images[j], int(ids[i]), tax, origin=f"phantom/{split}/{int(i)}"),
                     )
                 bar.update(int((idx < n).sum()))
 
@@ -153,8 +154,13 @@ def build_phantom(
         config = name
     else:
         config = PhantomConfig(
-            name=name, size=size, cross_fraction=cross_fraction,
-            n_train=n_train, n_val=n_val, n_test=n_test, seed=seed,
+            name=name,
+            size=size,
+            cross_fraction=cross_fraction,
+            n_train=n_train,
+            n_val=n_val,
+            n_test=n_test,
+            seed=seed,
         )
     builder = ThyroidSpectPhantom(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
     # Our own tqdm bar (with a known total) replaces TFDS's bars while building.

@@ -28,7 +28,9 @@ from jaxthyroid.data import transforms
 BATCH_KEYS = ("image", "findings", "finding_set", "subset", "synthetic")
 
 
-def preprocess(record: dict, augment: transforms.AugmentConfig | None = None, rng: np.random.Generator | None = None) -> dict:
+def preprocess(
+    record: dict, augment: transforms.AugmentConfig | None = None, rng: np.random.Generator | None = None
+) -> dict:
     """One stored record -> one model example (see the module docstring, without ``B``).
 
     With ``augment``, the raw counts are thinned and warped first (``rng`` draws it).
@@ -91,7 +93,10 @@ def make_loader(
         raise ValueError(f"empty source {source!r}")
     shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
     sampler = grain.samplers.IndexSampler(
-        num_records=len(source), shuffle=shuffle, num_epochs=num_epochs, seed=seed,
+        num_records=len(source),
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        seed=seed,
         shard_options=grain.sharding.NoSharding(),  # the DataLoader shards (grain ≥ 0.2)
     )
     return grain.DataLoader(

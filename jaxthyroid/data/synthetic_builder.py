@@ -106,8 +106,9 @@ class ThyroidSynthetic(tfds.core.GeneratorBasedBuilder):
         # lack (ModuleNotFoundError); the defining file is all TFDS needs.
         return epath.Path(__file__)
 
-    def __init__(self, *, counts: np.ndarray, finding_set_ids: np.ndarray, taxonomy: findings_lib.Taxonomy,
-                 origin: str, **kwargs):
+    def __init__(
+        self, *, counts: np.ndarray, finding_set_ids: np.ndarray, taxonomy: findings_lib.Taxonomy, origin: str, **kwargs
+    ):
         self._counts = counts
         self._ids = finding_set_ids
         self._taxonomy = taxonomy
@@ -132,8 +133,11 @@ class ThyroidSynthetic(tfds.core.GeneratorBasedBuilder):
 
     def _generate_split(self):
         for i in range(len(self._counts)):
-            yield i, features_lib.make_record(
-                self._counts[i], int(self._ids[i]), self._taxonomy, origin=f"{self._origin}/{i}", synthetic=True
+            yield (
+                i,
+                features_lib.make_record(
+                    self._counts[i], int(self._ids[i]), self._taxonomy, origin=f"{self._origin}/{i}", synthetic=True
+                ),
             )
 
 
@@ -188,8 +192,12 @@ def build_synthetic(
     scratch_root = os.path.join(os.fspath(data_dir), NAME, f".build-{uuid.uuid4().hex[:8]}")
     try:
         builder = ThyroidSynthetic(
-            counts=counts, finding_set_ids=ids, taxonomy=taxonomy, origin=origin,
-            data_dir=scratch_root, config=tfds.core.BuilderConfig(name=_config_name(name)),
+            counts=counts,
+            finding_set_ids=ids,
+            taxonomy=taxonomy,
+            origin=origin,
+            data_dir=scratch_root,
+            config=tfds.core.BuilderConfig(name=_config_name(name)),
             file_format="array_record",
         )
         tfds.display_progress_bar(False)

@@ -110,26 +110,45 @@ class Generator(nn.Module):
         if self.num_classes:
             if finding_set is None:
                 raise ValueError("conditional Generator needs finding_set [batch] int ids")
-            label = nn.Embed(self.num_classes, self.embed_dim, param_dtype=self.param_dtype, name="label_embed")(finding_set)
+            label = nn.Embed(self.num_classes, self.embed_dim, param_dtype=self.param_dtype, name="label_embed")(
+                finding_set
+            )
             z = jnp.concatenate([z, label.astype(z.dtype)], axis=-1)
 
         features = self.ngf * 2 ** (n - 1)
         if self.fast_upsample:
             x = ProjectConvTranspose(features, 4, dtype=self.dtype, param_dtype=self.param_dtype, name="project")(z)
         else:
-            x = nn.ConvTranspose(features, (4, 4), padding="VALID", use_bias=False, kernel_init=dcgan_kernel_init,
-                                 dtype=self.dtype, param_dtype=self.param_dtype, name="project")(z[:, None, None, :])
+            x = nn.ConvTranspose(
+                features,
+                (4, 4),
+                padding="VALID",
+                use_bias=False,
+                kernel_init=dcgan_kernel_init,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="project",
+            )(z[:, None, None, :])
         x = nn.relu(norm()(x))
         for i in range(n):
             last = i == n - 1
             out = self.channels if last else features // 2 ** (i + 1)
             if self.fast_upsample and out >= self.sub_pixel_min_features:
-                x = SubPixelConvTranspose(out, dtype=self.dtype, param_dtype=self.param_dtype,
-                                          im2col=self.conv_im2col, name=f"up{i}")(x)
+                x = SubPixelConvTranspose(
+                    out, dtype=self.dtype, param_dtype=self.param_dtype, im2col=self.conv_im2col, name=f"up{i}"
+                )(x)
             else:  # PyTorch ConvTranspose2d(k=4, s=2, p=1) == lax padding k-1-p = 2 each side
-                x = nn.ConvTranspose(out, (4, 4), strides=(2, 2), padding=((2, 2), (2, 2)), use_bias=False,
-                                     kernel_init=dcgan_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype,
-                                     name=f"up{i}")(x)
+                x = nn.ConvTranspose(
+                    out,
+                    (4, 4),
+                    strides=(2, 2),
+                    padding=((2, 2), (2, 2)),
+                    use_bias=False,
+                    kernel_init=dcgan_kernel_init,
+                    dtype=self.dtype,
+                    param_dtype=self.param_dtype,
+                    name=f"up{i}",
+                )(x)
             x = jnp.tanh(x) if last else nn.relu(norm()(x))
         return x
 
@@ -156,13 +175,26 @@ class Discriminator(nn.Module):
     conv_im2col: bool | None = None  # convs as layers.Im2colConv (same parameters and values)
 
     @nn.compact
-    def __call__(self, x: jax.Array, finding_set: jax.Array | None = None, *, train: bool,
-                 return_features: bool = False):
-        conv = functools.partial(layers.conv_cls(self.conv_im2col), kernel_size=(4, 4), use_bias=False, kernel_init=dcgan_kernel_init,
-                                 dtype=self.dtype, param_dtype=self.param_dtype)
+    def __call__(
+        self, x: jax.Array, finding_set: jax.Array | None = None, *, train: bool, return_features: bool = False
+    ):
+        conv = functools.partial(
+            layers.conv_cls(self.conv_im2col),
+            kernel_size=(4, 4),
+            use_bias=False,
+            kernel_init=dcgan_kernel_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
         norm = functools.partial(
-            nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5, scale_init=bn_scale_init,
-            axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype,
+            nn.BatchNorm,
+            use_running_average=not train,
+            momentum=0.9,
+            epsilon=1e-5,
+            scale_init=bn_scale_init,
+            axis_name=self.axis_name,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
         )
         n = _num_stride2_layers(self.image_size)
         features = []
@@ -176,8 +208,13 @@ class Discriminator(nn.Module):
         if self.num_classes:
             if finding_set is None:
                 raise ValueError("conditional Discriminator needs finding_set [batch] int ids")
-            label = nn.Embed(self.num_classes, x.shape[-1], embedding_init=dcgan_kernel_init,
-                             param_dtype=self.param_dtype, name="label_projection")(finding_set)
+            label = nn.Embed(
+                self.num_classes,
+                x.shape[-1],
+                embedding_init=dcgan_kernel_init,
+                param_dtype=self.param_dtype,
+                name="label_projection",
+            )(finding_set)
             logit = logit + jnp.sum(jnp.sum(x, axis=(1, 2)) * label.astype(x.dtype), axis=-1)
         return (logit, features) if return_features else logit
 

@@ -22,6 +22,7 @@ values and gradients); it exists because XLA:CPU runs the standard form slowly
 * ``adaptive_avg_pool``: torchvision's ``AdaptiveAvgPool2d`` bin rule (also for
   outputs larger than the input, where it replicates), as two small matmuls.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,153 +40,155 @@ Dtype = Any
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
-def max_pool_slices(x: jax.Array, window: int = 3, stride: int = 2,
-                    padding: Padding = ((1, 1), (1, 1))) -> jax.Array:
-  """Max-pool as a running maximum over ``window²`` strided slices.
+def max_pool_slices(x: jax.Array, window: int = 3, stride: int = 2, padding: Padding = ((1, 1), (1, 1))) -> jax.Array:
+    """Max-pool as a running maximum over ``window²`` strided slices.
 
-  Same output as ``nn.max_pool(x, (window, window), (stride, stride), padding)``
-  (padding with -inf, floor mode), with a gradient XLA:CPU runs much faster.
+    Same output as ``nn.max_pool(x, (window, window), (stride, stride), padding)``
+    (padding with -inf, floor mode), with a gradient XLA:CPU runs much faster.
 
-  Args:
-    x: ``[batch, H, W, C]``.
-  Returns:
-    ``[batch, Ho, Wo, C]`` with ``Ho = (H + pad_h - window) // stride + 1``.
-  """
-  (pt, pb), (pl, pr) = padding
-  x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-jnp.inf)
-  h, w = x.shape[1], x.shape[2]
-  ho = (h - window) // stride + 1
-  wo = (w - window) // stride + 1
-  out = None
-  for i in range(window):
-    for j in range(window):
-      piece = lax.slice(x, (0, i, j, 0),
-                        (x.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1,
-                         x.shape[3]), (1, stride, stride, 1))
-      out = piece if out is None else jnp.maximum(out, piece)
-  return out
-
-
-def max_pool(x: jax.Array, window: int, stride: int, padding: Padding, *,
-             fast: bool) -> jax.Array:
-  """``nn.max_pool`` or its sliced form (``fast``); same values either way."""
-  if fast:
-    return max_pool_slices(x, window, stride, padding)
-  return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
+    Args:
+      x: ``[batch, H, W, C]``.
+    Returns:
+      ``[batch, Ho, Wo, C]`` with ``Ho = (H + pad_h - window) // stride + 1``.
+    """
+    (pt, pb), (pl, pr) = padding
+    x = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-jnp.inf)
+    h, w = x.shape[1], x.shape[2]
+    ho = (h - window) // stride + 1
+    wo = (w - window) // stride + 1
+    out = None
+    for i in range(window):
+        for j in range(window):
+            piece = lax.slice(
+                x,
+                (0, i, j, 0),
+                (x.shape[0], i + (ho - 1) * stride + 1, j + (wo - 1) * stride + 1, x.shape[3]),
+                (1, stride, stride, 1),
+            )
+            out = piece if out is None else jnp.maximum(out, piece)
+    return out
 
 
-def extract_patches(x: jax.Array, kernel_size: tuple[int, int], strides: tuple[int, int],
-                    padding: Padding) -> jax.Array:
-  """im2col: ``[batch, H, W, C]`` -> ``[batch, Ho, Wo, kh*kw*C]``.
+def max_pool(x: jax.Array, window: int, stride: int, padding: Padding, *, fast: bool) -> jax.Array:
+    """``nn.max_pool`` or its sliced form (``fast``); same values either way."""
+    if fast:
+        return max_pool_slices(x, window, stride, padding)
+    return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
 
-  The last axis is ordered ``(i, j, c)``, matching ``kernel.reshape(kh*kw*C, F)``
-  for an ``nn.Conv`` kernel ``[kh, kw, C, F]``.
-  """
-  kh, kw = kernel_size
-  sh, sw = strides
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  h, w = x.shape[1], x.shape[2]
-  ho = (h - kh) // sh + 1
-  wo = (w - kw) // sw + 1
-  pieces = [
-      lax.slice(x, (0, i, j, 0),
-                (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, x.shape[3]),
-                (1, sh, sw, 1))
-      for i in range(kh) for j in range(kw)
-  ]
-  return jnp.concatenate(pieces, axis=-1)
+
+def extract_patches(
+    x: jax.Array, kernel_size: tuple[int, int], strides: tuple[int, int], padding: Padding
+) -> jax.Array:
+    """im2col: ``[batch, H, W, C]`` -> ``[batch, Ho, Wo, kh*kw*C]``.
+
+    The last axis is ordered ``(i, j, c)``, matching ``kernel.reshape(kh*kw*C, F)``
+    for an ``nn.Conv`` kernel ``[kh, kw, C, F]``.
+    """
+    kh, kw = kernel_size
+    sh, sw = strides
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    h, w = x.shape[1], x.shape[2]
+    ho = (h - kh) // sh + 1
+    wo = (w - kw) // sw + 1
+    pieces = [
+        lax.slice(
+            x, (0, i, j, 0), (x.shape[0], i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, x.shape[3]), (1, sh, sw, 1)
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return jnp.concatenate(pieces, axis=-1)
 
 
 @jax.custom_vjp
 def patch_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
-  """``patches [..., K] @ kernel [K, F]``: an im2col convolution's matmul.
+    """``patches [..., K] @ kernel [K, F]``: an im2col convolution's matmul.
 
-  Same value and gradients as ``patches @ kernel``; only the weight gradient is
-  written differently: ``(gᵀ · patches)ᵀ`` instead of the ``patchesᵀ · g`` that
-  autodiff emits. Alone, both matmuls take the same time on XLA:CPU, but inside a
-  layer's jitted forward+backward the second form runs far slower (the patches get
-  laid out or fused differently around it): 44.7 → 6.7 ms for the DCGAN
-  discriminator's one-channel first layer, 77 → 40 ms for ResNet-18's first strided
-  3×3, 140 → 98 ms for its stem, a few per cent elsewhere (``python -m
-  benchmarks.conv_grad``, fwd+bwd of one layer on the 2-core CPU).
-  """
-  return patches @ kernel
+    Same value and gradients as ``patches @ kernel``; only the weight gradient is
+    written differently: ``(gᵀ · patches)ᵀ`` instead of the ``patchesᵀ · g`` that
+    autodiff emits. Alone, both matmuls take the same time on XLA:CPU, but inside a
+    layer's jitted forward+backward the second form runs far slower (the patches get
+    laid out or fused differently around it): 44.7 → 6.7 ms for the DCGAN
+    discriminator's one-channel first layer, 77 → 40 ms for ResNet-18's first strided
+    3×3, 140 → 98 ms for its stem, a few per cent elsewhere (``python -m
+    benchmarks.conv_grad``, fwd+bwd of one layer on the 2-core CPU).
+    """
+    return patches @ kernel
 
 
 def _patch_matmul_fwd(patches, kernel):
-  return patches @ kernel, (patches, kernel)
+    return patches @ kernel, (patches, kernel)
 
 
 def _vma(x) -> frozenset:
-  """The manual mesh axes ``x`` varies along inside ``shard_map`` (empty outside):
-  ``manual_axis_type.varying`` in JAX 0.10, ``vma`` in other versions."""
-  aval = jax.typeof(x)
-  axis_type = getattr(aval, 'manual_axis_type', None)
-  if axis_type is not None:
-    return frozenset(axis_type.varying)
-  return frozenset(getattr(aval, 'vma', None) or ())
+    """The manual mesh axes ``x`` varies along inside ``shard_map`` (empty outside):
+    ``manual_axis_type.varying`` in JAX 0.10, ``vma`` in other versions."""
+    aval = jax.typeof(x)
+    axis_type = getattr(aval, "manual_axis_type", None)
+    if axis_type is not None:
+        return frozenset(axis_type.varying)
+    return frozenset(getattr(aval, "vma", None) or ())
 
 
 def _like_primal(cotangent, primal):
-  """Sums a cotangent over the mesh axes it varies along and its primal does not: a
-  replicated kernel used with per-device patches is implicitly ``pvary``-ed, and
-  autodiff transposes that into this ``psum``; a custom VJP must do it itself."""
-  extra = tuple(sorted(_vma(cotangent) - _vma(primal)))
-  return jax.lax.psum(cotangent, extra) if extra else cotangent
+    """Sums a cotangent over the mesh axes it varies along and its primal does not: a
+    replicated kernel used with per-device patches is implicitly ``pvary``-ed, and
+    autodiff transposes that into this ``psum``; a custom VJP must do it itself."""
+    extra = tuple(sorted(_vma(cotangent) - _vma(primal)))
+    return jax.lax.psum(cotangent, extra) if extra else cotangent
 
 
 def _patch_matmul_bwd(residuals, g):
-  patches, kernel = residuals
-  k, f = kernel.shape
-  d_kernel = jnp.einsum('mf,mk->fk', g.reshape(-1, f), patches.reshape(-1, k)).T
-  d_patches = g @ kernel.T.astype(g.dtype)
-  return (_like_primal(d_patches.astype(patches.dtype), patches),
-          _like_primal(d_kernel.astype(kernel.dtype), kernel))
+    patches, kernel = residuals
+    k, f = kernel.shape
+    d_kernel = jnp.einsum("mf,mk->fk", g.reshape(-1, f), patches.reshape(-1, k)).T
+    d_patches = g @ kernel.T.astype(g.dtype)
+    return (_like_primal(d_patches.astype(patches.dtype), patches), _like_primal(d_kernel.astype(kernel.dtype), kernel))
 
 
 patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
 class Im2colConv(nn.Module):
-  """A convolution computed as patches @ kernel (+ bias), or where that does not pay
-  (``im2col=None``) as XLA's convolution.
+    """A convolution computed as patches @ kernel (+ bias), or where that does not pay
+    (``im2col=None``) as XLA's convolution.
 
-  Parameters identical to ``nn.Conv(features, kernel_size, strides, padding,
-  use_bias=...)``: ``kernel`` ``[kh, kw, C, features]`` and, with ``use_bias``,
-  ``bias`` ``[features]``. Patches take ``kh*kw`` times the input's memory.
-  """
-  features: int
-  kernel_size: tuple[int, int]
-  strides: tuple[int, int] = (1, 1)
-  padding: Padding = ((0, 0), (0, 0))
-  use_bias: bool = False
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros
-  # True: always patches @ kernel; None: decided per call by use_im2col.
-  im2col: bool | None = True
+    Parameters identical to ``nn.Conv(features, kernel_size, strides, padding,
+    use_bias=...)``: ``kernel`` ``[kh, kw, C, features]`` and, with ``use_bias``,
+    ``bias`` ``[features]``. Patches take ``kh*kw`` times the input's memory.
+    """
 
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """``[batch, H, W, C]`` -> ``[batch, Ho, Wo, features]``."""
-    kh, kw = self.kernel_size
-    c = x.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, c, self.features),
-                        self.param_dtype)
-    bias = (self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-            if self.use_bias else None)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    (pt, pb), (pl, pr) = self.padding
-    out_h = (x.shape[1] + pt + pb - kh) // self.strides[0] + 1
-    out_w = (x.shape[2] + pl + pr - kw) // self.strides[1] + 1
-    if use_im2col(self.im2col, c, out_h, out_w):
-      patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
-      y = patch_matmul(patches, kernel.reshape(kh * kw * c, self.features))
-    else:
-      y = lax.conv_general_dilated(x, kernel, self.strides, self.padding,
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return y if bias is None else y + bias
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: Padding = ((0, 0), (0, 0))
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    # True: always patches @ kernel; None: decided per call by use_im2col.
+    im2col: bool | None = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``[batch, H, W, C]`` -> ``[batch, Ho, Wo, features]``."""
+        kh, kw = self.kernel_size
+        c = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, c, self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        (pt, pb), (pl, pr) = self.padding
+        out_h = (x.shape[1] + pt + pb - kh) // self.strides[0] + 1
+        out_w = (x.shape[2] + pl + pr - kw) // self.strides[1] + 1
+        if use_im2col(self.im2col, c, out_h, out_w):
+            patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
+            y = patch_matmul(patches, kernel.reshape(kh * kw * c, self.features))
+        else:
+            y = lax.conv_general_dilated(
+                x, kernel, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+            )
+        return y if bias is None else y + bias
 
 
 # Where im2col beats XLA:CPU's convolution (forward+backward, ``python -m
@@ -196,73 +199,71 @@ IM2COL_BELOW_OUTPUT_SIDE = 4
 
 
 def im2col_pays(in_channels: int, out_height: int, out_width: int) -> bool:
-  """Whether a conv computes faster as im2col on XLA:CPU (see the module doc)."""
-  return (in_channels <= IM2COL_MAX_IN_CHANNELS
-          or min(out_height, out_width) < IM2COL_BELOW_OUTPUT_SIDE)
+    """Whether a conv computes faster as im2col on XLA:CPU (see the module doc)."""
+    return in_channels <= IM2COL_MAX_IN_CHANNELS or min(out_height, out_width) < IM2COL_BELOW_OUTPUT_SIDE
 
 
 def use_im2col(flag: bool | None, in_channels: int, out_height: int, out_width: int) -> bool:
-  """One conv's form for a model's ``conv_im2col`` setting: True / False as given;
-  ``None`` (the default) on the CPU backend where :func:`im2col_pays`, and never on
-  GPU/TPU, where the convolution libraries are the fast path."""
-  if flag is None:
-    return jax.default_backend() == 'cpu' and im2col_pays(in_channels, out_height, out_width)
-  return bool(flag)
+    """One conv's form for a model's ``conv_im2col`` setting: True / False as given;
+    ``None`` (the default) on the CPU backend where :func:`im2col_pays`, and never on
+    GPU/TPU, where the convolution libraries are the fast path."""
+    if flag is None:
+        return jax.default_backend() == "cpu" and im2col_pays(in_channels, out_height, out_width)
+    return bool(flag)
 
 
 def conv_cls(im2col: bool | None):
-  """The conv module for a model's ``conv_im2col`` setting: ``nn.Conv`` for False, else
-  :class:`Conv` (auto-named like ``nn.Conv``) with ``im2col`` set to it (True: always
-  a matmul; None: per conv, see :func:`use_im2col`). Each takes ``nn.Conv``'s arguments
-  with explicit padding and holds the same parameters."""
-  if im2col is None or im2col:
-    return functools.partial(Conv, im2col=im2col)
-  return nn.Conv
+    """The conv module for a model's ``conv_im2col`` setting: ``nn.Conv`` for False, else
+    :class:`Conv` (auto-named like ``nn.Conv``) with ``im2col`` set to it (True: always
+    a matmul; None: per conv, see :func:`use_im2col`). Each takes ``nn.Conv``'s arguments
+    with explicit padding and holds the same parameters."""
+    if im2col is None or im2col:
+        return functools.partial(Conv, im2col=im2col)
+    return nn.Conv
 
 
 def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:
-  """``[size_out, size_in]`` averaging matrix of torch's adaptive average pool.
+    """``[size_out, size_in]`` averaging matrix of torch's adaptive average pool.
 
-  Bin ``i`` covers ``[floor(i*In/Out), ceil((i+1)*In/Out))``; when ``Out > In``
-  bins repeat input rows (torchvision replicates).
-  """
-  m = np.zeros((size_out, size_in), np.float32)
-  for i in range(size_out):
-    start = (i * size_in) // size_out
-    end = math.ceil((i + 1) * size_in / size_out)
-    m[i, start:end] = 1.0 / (end - start)
-  return m
+    Bin ``i`` covers ``[floor(i*In/Out), ceil((i+1)*In/Out))``; when ``Out > In``
+    bins repeat input rows (torchvision replicates).
+    """
+    m = np.zeros((size_out, size_in), np.float32)
+    for i in range(size_out):
+        start = (i * size_in) // size_out
+        end = math.ceil((i + 1) * size_in / size_out)
+        m[i, start:end] = 1.0 / (end - start)
+    return m
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: Sequence[int]) -> jax.Array:
-  """torch ``AdaptiveAvgPool2d``: ``[batch, H, W, C]`` -> ``[batch, oh, ow, C]``."""
-  oh, ow = output_size
-  h, w = x.shape[1], x.shape[2]
-  if (h, w) == (oh, ow):
-    return x
-  if h % oh == 0 and w % ow == 0:
-    # Equal bins: a plain average pool (cheaper than the matmuls).
-    return nn.avg_pool(x, (h // oh, w // ow), (h // oh, w // ow))
-  mh = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
-  mw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
-  return jnp.einsum('oh,bhwc,pw->bopc', mh, x, mw)
+    """torch ``AdaptiveAvgPool2d``: ``[batch, H, W, C]`` -> ``[batch, oh, ow, C]``."""
+    oh, ow = output_size
+    h, w = x.shape[1], x.shape[2]
+    if (h, w) == (oh, ow):
+        return x
+    if h % oh == 0 and w % ow == 0:
+        # Equal bins: a plain average pool (cheaper than the matmuls).
+        return nn.avg_pool(x, (h // oh, w // ow), (h // oh, w // ow))
+    mh = jnp.asarray(_adaptive_matrix(h, oh), x.dtype)
+    mw = jnp.asarray(_adaptive_matrix(w, ow), x.dtype)
+    return jnp.einsum("oh,bhwc,pw->bopc", mh, x, mw)
 
 
 def resize_to(image: jax.Array, height: int, width: int) -> jax.Array:
-  """Bring ``[batch, H, W, C]`` to ``[batch, height, width, C]``.
+    """Bring ``[batch, H, W, C]`` to ``[batch, height, width, C]``.
 
-  Average-pools when the sizes divide (exact area average, cheap), else resizes
-  linearly with antialiasing.
-  """
-  h, w = image.shape[1], image.shape[2]
-  if (h, w) == (height, width):
-    return image
-  if h % height == 0 and w % width == 0:
-    return nn.avg_pool(image, (h // height, w // width), (h // height, w // width))
-  return jax.image.resize(image, (image.shape[0], height, width, image.shape[3]),
-                          method='linear', antialias=True)
+    Average-pools when the sizes divide (exact area average, cheap), else resizes
+    linearly with antialiasing.
+    """
+    h, w = image.shape[1], image.shape[2]
+    if (h, w) == (height, width):
+        return image
+    if h % height == 0 and w % width == 0:
+        return nn.avg_pool(image, (h // height, w // width), (h // height, w // width))
+    return jax.image.resize(image, (image.shape[0], height, width, image.shape[3]), method="linear", antialias=True)
 
 
 class Conv(Im2colConv):
-  """``Im2colConv`` auto-named like ``nn.Conv`` (``Conv_0``, ``Conv_1``, ...), so a module
-  whose convs are unnamed can swap one for the other and keep its parameter paths."""
+    """``Im2colConv`` auto-named like ``nn.Conv`` (``Conv_0``, ``Conv_1``, ...), so a module
+    whose convs are unnamed can swap one for the other and keep its parameter paths."""

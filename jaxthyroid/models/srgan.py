@@ -35,8 +35,15 @@ Dtype = Any
 
 def _norm(train: bool, axis_name: str | None, dtype, param_dtype):
     # momentum 0.9 == PyTorch's BatchNorm momentum 0.1.
-    return functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             axis_name=axis_name, dtype=dtype, param_dtype=param_dtype)
+    return functools.partial(
+        nn.BatchNorm,
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        axis_name=axis_name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -81,9 +88,14 @@ class SRResNet(nn.Module):
             raise ValueError(f"SRResNet scale must be a power of two >= 2, got {self.scale}")
         conv9 = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
         # Explicit padding 1 is SAME for a 3×3 stride-1 conv; lecun_normal is nn.Conv's default.
-        conv3 = functools.partial(layers.conv_cls(self.conv_im2col), padding=((1, 1), (1, 1)), use_bias=True,
-                                  kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
-                                  param_dtype=self.param_dtype)
+        conv3 = functools.partial(
+            layers.conv_cls(self.conv_im2col),
+            padding=((1, 1), (1, 1)),
+            use_bias=True,
+            kernel_init=nn.initializers.lecun_normal(),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
         def conv(features, kernel_size, **kw):
             return (conv3 if kernel_size == (3, 3) else conv9)(features, kernel_size, **kw)
@@ -144,9 +156,16 @@ class SRDiscriminator(nn.Module):
             stride = 2 if i % 2 else 1
             # explicit padding 1 == PyTorch (SAME would pad (0, 1) at stride 2)
             conv = layers.conv_cls(self.conv_im2col)
-            x = conv(width, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)), use_bias=True,
-                     kernel_init=nn.initializers.lecun_normal(), dtype=self.dtype,
-                     param_dtype=self.param_dtype)(x)
+            x = conv(
+                width,
+                (3, 3),
+                strides=(stride, stride),
+                padding=((1, 1), (1, 1)),
+                use_bias=True,
+                kernel_init=nn.initializers.lecun_normal(),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )(x)
             if i > 0:
                 x = norm()(x)
             x = nn.leaky_relu(x, 0.2)

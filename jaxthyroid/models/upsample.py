@@ -105,14 +105,16 @@ class SubPixelConvTranspose(nn.Module):
             # Phase (a, b) at (p, q) reads the 2×2 window at padded[p + a, q + b]: one
             # patch set over the (H+1)×(W+1) window positions serves all four phases.
             patches = layers.extract_patches(padded, (2, 2), (1, 1), ((0, 0), (0, 0)))
-            kernels = jnp.stack([kernel[a::2, b::2].reshape(4 * in_features, self.features)
-                                 for a in (0, 1) for b in (0, 1)], axis=1)
+            kernels = jnp.stack(
+                [kernel[a::2, b::2].reshape(4 * in_features, self.features) for a in (0, 1) for b in (0, 1)], axis=1
+            )
             z = layers.patch_matmul(patches, kernels.reshape(4 * in_features, 4 * self.features))
             z = z.reshape(batch, height + 1, width + 1, 2, 2, self.features)
 
             def phase(a: int, b: int) -> jax.Array:  # output pixels (2p + a, 2q + b)
                 return z[:, a : a + height, b : b + width, a, b]
         else:
+
             def phase(a: int, b: int) -> jax.Array:  # output pixels (2p + a, 2q + b)
                 window = padded[:, a : a + height + 1, b : b + width + 1, :]
                 if im2col:

@@ -24,153 +24,170 @@ WHICH = ("latest", "best")
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint that is missing, unreadable or does not fit the model."""
+    """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
 def _key_str(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
 
 
 def _leaf_shapes(tree) -> dict[str, tuple]:
-  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {".".join(_key_str(k) for k in path): tuple(getattr(leaf, "shape", ()))
-          for path, leaf in leaves}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {".".join(_key_str(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
 
 
 def check_compatible(saved_metadata, template, where: str) -> None:
-  """Raises CheckpointError when the saved tree's paths or shapes differ from ``template``."""
-  saved, wanted = _leaf_shapes(saved_metadata), _leaf_shapes(template)
-  missing = sorted(set(wanted) - set(saved))
-  unexpected = sorted(set(saved) - set(wanted))
-  reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
-  if not (missing or unexpected or reshaped):
-    return
-  lines = [f"checkpoint {where} does not fit this model (another architecture, "
-           "number of findings or optimiser?):"]
-  if missing:
-    lines.append(f"  not in the checkpoint: {', '.join(missing[:5])}"
-                 + (f" and {len(missing) - 5} more" if len(missing) > 5 else ""))
-  if unexpected:
-    lines.append(f"  only in the checkpoint: {', '.join(unexpected[:5])}"
-                 + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""))
-  for k in reshaped[:5]:
-    lines.append(f"  {k}: checkpoint shape {saved[k]}, model shape {wanted[k]}")
-  lines.append("Use the config the checkpoint was trained with, or another workdir.")
-  raise CheckpointError("\n".join(lines))
+    """Raises CheckpointError when the saved tree's paths or shapes differ from ``template``."""
+    saved, wanted = _leaf_shapes(saved_metadata), _leaf_shapes(template)
+    missing = sorted(set(wanted) - set(saved))
+    unexpected = sorted(set(saved) - set(wanted))
+    reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
+    if not (missing or unexpected or reshaped):
+        return
+    lines = [f"checkpoint {where} does not fit this model (another architecture, number of findings or optimiser?):"]
+    if missing:
+        lines.append(
+            f"  not in the checkpoint: {', '.join(missing[:5])}"
+            + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        )
+    if unexpected:
+        lines.append(
+            f"  only in the checkpoint: {', '.join(unexpected[:5])}"
+            + (f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else "")
+        )
+    for k in reshaped[:5]:
+        lines.append(f"  {k}: checkpoint shape {saved[k]}, model shape {wanted[k]}")
+    lines.append("Use the config the checkpoint was trained with, or another workdir.")
+    raise CheckpointError("\n".join(lines))
 
 
 def _handler_registry() -> ocp.DefaultCheckpointHandlerRegistry:
-  # Named handlers, so a fresh process (resume) can read metadata before any save.
-  registry = ocp.DefaultCheckpointHandlerRegistry()
-  state = ocp.StandardCheckpointHandler()
-  registry.add("state", ocp.args.StandardSave, state)
-  registry.add("state", ocp.args.StandardRestore, state)
-  for item in ("data", "loop"):
-    handler = ocp.JsonCheckpointHandler()
-    registry.add(item, ocp.args.JsonSave, handler)
-    registry.add(item, ocp.args.JsonRestore, handler)
-  return registry
+    # Named handlers, so a fresh process (resume) can read metadata before any save.
+    registry = ocp.DefaultCheckpointHandlerRegistry()
+    state = ocp.StandardCheckpointHandler()
+    registry.add("state", ocp.args.StandardSave, state)
+    registry.add("state", ocp.args.StandardRestore, state)
+    for item in ("data", "loop"):
+        handler = ocp.JsonCheckpointHandler()
+        registry.add(item, ocp.args.JsonSave, handler)
+        registry.add(item, ocp.args.JsonRestore, handler)
+    return registry
 
 
 _UNREAD = object()  # Checkpoints._best_value before the best checkpoint was looked at
 
 
 class Checkpoints:
-  """The latest ``keep`` checkpoints plus the best one by ``best_metric``."""
+    """The latest ``keep`` checkpoints plus the best one by ``best_metric``."""
 
-  def __init__(self, directory: str | pathlib.Path, *, keep: int = 3,
-               best_metric: str | None = None, best_mode: str = "max"):
-    if best_mode not in ("max", "min"):
-      raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
-    self.directory = pathlib.Path(directory).absolute()
-    self.best_metric = best_metric
-    self.best_mode = best_mode
-    self._best_value: Any = _UNREAD
-    self.managers = {
-        "latest": ocp.CheckpointManager(
-            self.directory / "latest", handler_registry=_handler_registry(),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=False)),
-        "best": ocp.CheckpointManager(
-            self.directory / "best", handler_registry=_handler_registry(),
-            options=ocp.CheckpointManagerOptions(
-                max_to_keep=1, create=True, enable_async_checkpointing=False,
-                best_fn=(lambda m: m[best_metric]) if best_metric else None,
-                best_mode=best_mode)),
-    }
+    def __init__(
+        self, directory: str | pathlib.Path, *, keep: int = 3, best_metric: str | None = None, best_mode: str = "max"
+    ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        self.directory = pathlib.Path(directory).absolute()
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self._best_value: Any = _UNREAD
+        self.managers = {
+            "latest": ocp.CheckpointManager(
+                self.directory / "latest",
+                handler_registry=_handler_registry(),
+                options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=False),
+            ),
+            "best": ocp.CheckpointManager(
+                self.directory / "best",
+                handler_registry=_handler_registry(),
+                options=ocp.CheckpointManagerOptions(
+                    max_to_keep=1,
+                    create=True,
+                    enable_async_checkpointing=False,
+                    best_fn=(lambda m: m[best_metric]) if best_metric else None,
+                    best_mode=best_mode,
+                ),
+            ),
+        }
 
-  def latest_step(self, which: str = "latest") -> int | None:
-    return self.managers[which].latest_step()
+    def latest_step(self, which: str = "latest") -> int | None:
+        return self.managers[which].latest_step()
 
-  def best_value(self) -> float | None:
-    """The metric value of the saved best checkpoint (None when there is none)."""
-    if self._best_value is _UNREAD:  # read once; save(which="best") keeps it current
-      self._best_value = self._read_best_value()
-    return self._best_value
+    def best_value(self) -> float | None:
+        """The metric value of the saved best checkpoint (None when there is none)."""
+        if self._best_value is _UNREAD:  # read once; save(which="best") keeps it current
+            self._best_value = self._read_best_value()
+        return self._best_value
 
-  def _read_best_value(self) -> float | None:
-    mgr = self.managers["best"]
-    step = mgr.latest_step()
-    if step is None or not self.best_metric:
-      return None
-    loop = mgr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
-    return loop.get("metrics", {}).get(self.best_metric)
+    def _read_best_value(self) -> float | None:
+        mgr = self.managers["best"]
+        step = mgr.latest_step()
+        if step is None or not self.best_metric:
+            return None
+        loop = mgr.restore(step, args=ocp.args.Composite(loop=ocp.args.JsonRestore()))["loop"]
+        return loop.get("metrics", {}).get(self.best_metric)
 
-  def is_better(self, value: float) -> bool:
-    best = self.best_value()
-    if best is None or not np.isfinite(best):
-      return bool(np.isfinite(value))
-    return value > best if self.best_mode == "max" else value < best
+    def is_better(self, value: float) -> bool:
+        best = self.best_value()
+        if best is None or not np.isfinite(best):
+            return bool(np.isfinite(value))
+        return value > best if self.best_mode == "max" else value < best
 
-  def save(self, step: int, state: Any, *, data: dict, loop: dict,
-           which: str = "latest", metrics: dict | None = None) -> None:
-    mgr = self.managers[which]
-    if mgr.latest_step() == step:
-      return  # already saved at this step (mid-epoch save that ended an epoch)
-    loop = dict(loop, metrics=metrics or {})
-    mgr.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data),
-        loop=ocp.args.JsonSave(loop)), metrics=metrics if which == "best" else None)
-    mgr.wait_until_finished()
-    if which == "best" and self.best_metric:
-      self._best_value = (metrics or {}).get(self.best_metric)
+    def save(
+        self, step: int, state: Any, *, data: dict, loop: dict, which: str = "latest", metrics: dict | None = None
+    ) -> None:
+        mgr = self.managers[which]
+        if mgr.latest_step() == step:
+            return  # already saved at this step (mid-epoch save that ended an epoch)
+        loop = dict(loop, metrics=metrics or {})
+        mgr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data), loop=ocp.args.JsonSave(loop)
+            ),
+            metrics=metrics if which == "best" else None,
+        )
+        mgr.wait_until_finished()
+        if which == "best" and self.best_metric:
+            self._best_value = (metrics or {}).get(self.best_metric)
 
-  def restore(self, state_template: Any, *, which: str = "latest",
-              step: int | None = None) -> tuple[Any, dict, dict]:
-    """``(state, data, loop)`` from a checkpoint; ``state`` takes the template's
-    structure and shardings. Raises CheckpointError when missing, corrupt or unfit."""
-    if which not in WHICH:
-      raise ValueError(f"which must be one of {WHICH}, got {which!r}")
-    mgr = self.managers[which]
-    step = mgr.latest_step() if step is None else step
-    where = self.directory / which
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {where}: train first, or point at the "
-                            "workdir of a finished run")
-    where = where / str(step)
-    try:
-      metadata = mgr.item_metadata(step)["state"]
-    except Exception as e:  # unreadable metadata: corrupt or partial copy
-      raise CheckpointError(f"checkpoint {where} is unreadable ({type(e).__name__}: {e}); "
-                            "delete it to fall back to an older one") from e
-    if metadata is None:
-      raise CheckpointError(f"checkpoint {where} has no 'state' item; delete it to fall "
-                            "back to an older one")
-    check_compatible(metadata, state_template, str(where))
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
-    try:
-      restored = mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(),
-          loop=ocp.args.JsonRestore()))
-    except Exception as e:
-      raise CheckpointError(f"checkpoint {where} could not be restored "
-                            f"({type(e).__name__}: {e}); it may be corrupt: delete it to "
-                            "fall back to an older one") from e
-    return restored["state"], restored["data"], restored["loop"]
+    def restore(self, state_template: Any, *, which: str = "latest", step: int | None = None) -> tuple[Any, dict, dict]:
+        """``(state, data, loop)`` from a checkpoint; ``state`` takes the template's
+        structure and shardings. Raises CheckpointError when missing, corrupt or unfit."""
+        if which not in WHICH:
+            raise ValueError(f"which must be one of {WHICH}, got {which!r}")
+        mgr = self.managers[which]
+        step = mgr.latest_step() if step is None else step
+        where = self.directory / which
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {where}: train first, or point at the workdir of a finished run")
+        where = where / str(step)
+        try:
+            metadata = mgr.item_metadata(step)["state"]
+        except Exception as e:  # unreadable metadata: corrupt or partial copy
+            raise CheckpointError(
+                f"checkpoint {where} is unreadable ({type(e).__name__}: {e}); delete it to fall back to an older one"
+            ) from e
+        if metadata is None:
+            raise CheckpointError(f"checkpoint {where} has no 'state' item; delete it to fall back to an older one")
+        check_compatible(metadata, state_template, str(where))
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        try:
+            restored = mgr.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore(), loop=ocp.args.JsonRestore()
+                ),
+            )
+        except Exception as e:
+            raise CheckpointError(
+                f"checkpoint {where} could not be restored "
+                f"({type(e).__name__}: {e}); it may be corrupt: delete it to "
+                "fall back to an older one"
+            ) from e
+        return restored["state"], restored["data"], restored["loop"]
 
-  def close(self) -> None:
-    for mgr in self.managers.values():
-      mgr.close()
+    def close(self) -> None:
+        for mgr in self.managers.values():
+            mgr.close()

@@ -71,9 +71,14 @@ def create_state(model: nn.Module, key: jax.Array, tx: optax.GradientTransformat
     return state_lib.init_state(model, key, tx, *inputs)
 
 
-def create_dcgan_state(generator: nn.Module, discriminator: nn.Module, key: jax.Array, *,
-                       g_tx: optax.GradientTransformation | None = None,
-                       d_tx: optax.GradientTransformation | None = None) -> GANState:
+def create_dcgan_state(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    key: jax.Array,
+    *,
+    g_tx: optax.GradientTransformation | None = None,
+    d_tx: optax.GradientTransformation | None = None,
+) -> GANState:
     """DCGAN state; image shape and conditioning come from the generator's fields."""
     g_key, d_key = jax.random.split(key)
     label = (jnp.zeros((1,), jnp.int32),) if generator.num_classes else ()
@@ -84,10 +89,16 @@ def create_dcgan_state(generator: nn.Module, discriminator: nn.Module, key: jax.
     )
 
 
-def create_srgan_state(generator: nn.Module, discriminator: nn.Module, key: jax.Array, *, lr_shape: tuple[int, ...],
-                       generator_state: TrainState | None = None,
-                       g_tx: optax.GradientTransformation | None = None,
-                       d_tx: optax.GradientTransformation | None = None) -> GANState:
+def create_srgan_state(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    key: jax.Array,
+    *,
+    lr_shape: tuple[int, ...],
+    generator_state: TrainState | None = None,
+    g_tx: optax.GradientTransformation | None = None,
+    d_tx: optax.GradientTransformation | None = None,
+) -> GANState:
     """SRGAN state. ``lr_shape`` = ``(h, w, C)``; pass a pre-trained SRResNet as ``generator_state``."""
     g_key, d_key = jax.random.split(key)
     h, w, c = lr_shape
@@ -96,8 +107,9 @@ def create_srgan_state(generator: nn.Module, discriminator: nn.Module, key: jax.
     elif g_tx is not None:
         generator_state = generator_state.replace(tx=g_tx, opt_state=g_tx.init(generator_state.params))
     hr = jnp.zeros((1, h * generator.scale, w * generator.scale, c))
-    return GANState(generator=generator_state,
-                    discriminator=create_state(discriminator, d_key, d_tx or srgan_optimizer(), hr))
+    return GANState(
+        generator=generator_state, discriminator=create_state(discriminator, d_key, d_tx or srgan_optimizer(), hr)
+    )
 
 
 # -- data parallelism ----------------------------------------------------------------
@@ -120,14 +132,16 @@ def _pmean(x, axis_name):
 
 def _mutable_apply(model: nn.Module, params, batch_stats, *args, **kwargs):
     """``model.apply`` in train mode returning ``(output, new batch_stats)``."""
-    out, updates = model.apply({"params": params, "batch_stats": batch_stats}, *args, train=True,
-                               mutable=["batch_stats"], **kwargs)
+    out, updates = model.apply(
+        {"params": params, "batch_stats": batch_stats}, *args, train=True, mutable=["batch_stats"], **kwargs
+    )
     return out, updates["batch_stats"]
 
 
 # -- DCGAN --------------------------------------------------------------------------
-def make_dcgan_step(generator: nn.Module, discriminator: nn.Module, mesh=None, *, conditional: bool = False,
-                    donate: bool = True) -> Callable[[GANState, dict, jax.Array], tuple[GANState, Metrics]]:
+def make_dcgan_step(
+    generator: nn.Module, discriminator: nn.Module, mesh=None, *, conditional: bool = False, donate: bool = True
+) -> Callable[[GANState, dict, jax.Array], tuple[GANState, Metrics]]:
     """One D update then one G update.
 
     Returns jitted ``step(state, batch, key) -> (state, metrics)`` where ``batch`` =
@@ -148,7 +162,8 @@ def make_dcgan_step(generator: nn.Module, discriminator: nn.Module, mesh=None, *
         label = (finding_set,) if conditional else ()
 
         fake, g_vjp, g_batch_stats = jax.vjp(
-            lambda p: _mutable_apply(G, p, g.batch_stats, z, *label), g.params, has_aux=True)
+            lambda p: _mutable_apply(G, p, g.batch_stats, z, *label), g.params, has_aux=True
+        )
 
         def d_loss_fn(params):
             real_logit, stats = _mutable_apply(D, params, d.batch_stats, image, *label)
@@ -193,8 +208,9 @@ def psnr(mse: jax.Array, peak_to_peak: float = 2.0) -> jax.Array:
     return 10.0 * jnp.log10(peak_to_peak**2 / mse)
 
 
-def make_srresnet_pretrain_step(generator: nn.Module, mesh=None, *, donate: bool = True
-                                ) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
+def make_srresnet_pretrain_step(
+    generator: nn.Module, mesh=None, *, donate: bool = True
+) -> Callable[[TrainState, dict], tuple[TrainState, Metrics]]:
     """MSE pre-training of the SRResNet: jitted ``step(state, batch) -> (state, metrics)``.
 
     ``state`` is the generator's :class:`TrainState`; ``batch`` = ``{'lr': [B, h, w, C],
@@ -216,10 +232,16 @@ def make_srresnet_pretrain_step(generator: nn.Module, mesh=None, *, donate: bool
     return lambda state, batch: sharded(state, batch["lr"], batch["hr"])
 
 
-def make_srgan_step(generator: nn.Module, discriminator: nn.Module, mesh=None, *,
-                    content: str = "feature_matching", feature_fn: FeatureFn | None = None,
-                    adversarial_weight: float = 1e-3, donate: bool = True
-                    ) -> Callable[[GANState, dict], tuple[GANState, Metrics]]:
+def make_srgan_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    mesh=None,
+    *,
+    content: str = "feature_matching",
+    feature_fn: FeatureFn | None = None,
+    adversarial_weight: float = 1e-3,
+    donate: bool = True,
+) -> Callable[[GANState, dict], tuple[GANState, Metrics]]:
     """SRGAN: one D update, then one G update on ``content + adversarial_weight · L_G``.
 
     Returns jitted ``step(state, batch) -> (state, metrics)``; ``batch`` =
@@ -264,8 +286,14 @@ def make_srgan_step(generator: nn.Module, discriminator: nn.Module, mesh=None, *
         g = g.apply_gradients(grads=g_grads, batch_stats=g_batch_stats)
 
         mse = _pmean(mse_loss(sr=sr, hr=hr), axis)
-        metrics = {"d_loss": d_loss, "g_loss": g_loss, "content": content_term, "adversarial": adversarial,
-                   "mse": mse, "psnr": psnr(mse)}
+        metrics = {
+            "d_loss": d_loss,
+            "g_loss": g_loss,
+            "content": content_term,
+            "adversarial": adversarial,
+            "mse": mse,
+            "psnr": psnr(mse),
+        }
         return GANState(generator=g, discriminator=d), metrics
 
     sharded = _data_parallel(per_device, mesh, 1, 2, donate)

@@ -46,21 +46,21 @@ EVAL_KEYS = ("image", "findings", "mask")
 
 
 def findings_loss(logits: jax.Array, findings: jax.Array) -> jax.Array:
-  """Per-image sigmoid cross-entropy, mean over findings: ``[B, F]`` x2 -> ``[B]``."""
-  return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), findings).mean(-1)
+    """Per-image sigmoid cross-entropy, mean over findings: ``[B, F]`` x2 -> ``[B]``."""
+    return optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32), findings).mean(-1)
 
 
 def exact_match(logits: jax.Array, findings: jax.Array) -> jax.Array:
-  """Per-image 1.0 where the predicted finding set equals the label ``[B]``.
+    """Per-image 1.0 where the predicted finding set equals the label ``[B]``.
 
-  Prediction as :func:`jaxthyroid.findings.predict`: findings with p >= 0.5, the
-  argmax where none reaches it.
-  """
-  probs = jax.nn.sigmoid(logits.astype(jnp.float32))
-  pred = probs >= 0.5
-  top = jax.nn.one_hot(jnp.argmax(probs, -1), probs.shape[-1], dtype=bool)
-  pred = jnp.where(pred.any(-1, keepdims=True), pred, top)
-  return jnp.all(pred == (findings > 0.5), axis=-1).astype(jnp.float32)
+    Prediction as :func:`jaxthyroid.findings.predict`: findings with p >= 0.5, the
+    argmax where none reaches it.
+    """
+    probs = jax.nn.sigmoid(logits.astype(jnp.float32))
+    pred = probs >= 0.5
+    top = jax.nn.one_hot(jnp.argmax(probs, -1), probs.shape[-1], dtype=bool)
+    pred = jnp.where(pred.any(-1, keepdims=True), pred, top)
+    return jnp.all(pred == (findings > 0.5), axis=-1).astype(jnp.float32)
 
 
 # -- BatchNorm over the data axis ----------------------------------------------
@@ -70,153 +70,159 @@ AXIS_FIELDS = ("axis_name", "bn_axis_name")
 
 
 def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
-  """The model with its BatchNorm axis field(s) set to ``axis_name`` (also None:
-  a model built with ``'data'`` then runs outside shard_map too)."""
-  fields = {f.name for f in dataclasses.fields(model)}
-  overrides = {name: axis_name for name in AXIS_FIELDS if name in fields}
-  return model.clone(**overrides) if overrides else model
+    """The model with its BatchNorm axis field(s) set to ``axis_name`` (also None:
+    a model built with ``'data'`` then runs outside shard_map too)."""
+    fields = {f.name for f in dataclasses.fields(model)}
+    overrides = {name: axis_name for name in AXIS_FIELDS if name in fields}
+    return model.clone(**overrides) if overrides else model
 
 
 def _batch_norm_interceptor(axis_name: str):
-  """Gives every ``nn.BatchNorm`` without an axis name ``axis_name`` (global stats).
+    """Gives every ``nn.BatchNorm`` without an axis name ``axis_name`` (global stats).
 
-  Linen re-creates submodules on every ``apply``, so setting the field on the
-  instance during a call affects that call only.
-  """
+    Linen re-creates submodules on every ``apply``, so setting the field on the
+    instance during a call affects that call only.
+    """
 
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if isinstance(module, nn.BatchNorm) and module.axis_name is None:
-      object.__setattr__(module, "axis_name", axis_name)
-    return next_fun(*args, **kwargs)
+    def interceptor(next_fun, args, kwargs, context):
+        module = context.module
+        if isinstance(module, nn.BatchNorm) and module.axis_name is None:
+            object.__setattr__(module, "axis_name", axis_name)
+        return next_fun(*args, **kwargs)
 
-  return interceptor
+    return interceptor
 
 
 def _varying_axes(x) -> frozenset:
-  aval = jax.typeof(x)
-  mat = getattr(aval, "mat", None)  # jax 0.10: ShapedArray.mat.varying
-  if mat is not None:
-    return frozenset(mat.varying)
-  return frozenset(getattr(aval, "vma", ()))
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)  # jax 0.10: ShapedArray.mat.varying
+    if mat is not None:
+        return frozenset(mat.varying)
+    return frozenset(getattr(aval, "vma", ()))
 
 
 def _pmean(x, axis_name):
-  return x if axis_name is None else lax.pmean(x, axis_name)
+    return x if axis_name is None else lax.pmean(x, axis_name)
 
 
 def _psum(x, axis_name):
-  return x if axis_name is None else lax.psum(x, axis_name)
+    return x if axis_name is None else lax.psum(x, axis_name)
 
 
 # -- the steps ---------------------------------------------------------------
 
-def make_classifier_steps(model: nn.Module, mesh=None, *, donate: bool = True,
-                          compute_dtype: Any = None) -> tuple[Callable, Callable]:
-  """Jitted data-parallel train and eval steps for a multi-label classifier.
 
-  Args:
-    model: any linen classifier ``model.apply(variables, x, train=bool)`` returning
-      logits ``[B, F]``; variables ``{params, batch_stats}`` (batch_stats optional).
-    mesh: the 1-D ``data`` mesh (:func:`jaxthyroid.parallel.make_mesh`); None runs
-      plain ``jit`` on one device without collectives.
-    donate: donate the state buffers to the train step (the old state is invalid
-      after the call).
-    compute_dtype: e.g. ``jnp.bfloat16``: images are cast to it (the model's own
-      ``dtype`` field decides its compute precision); the loss stays float32.
+def make_classifier_steps(
+    model: nn.Module, mesh=None, *, donate: bool = True, compute_dtype: Any = None
+) -> tuple[Callable, Callable]:
+    """Jitted data-parallel train and eval steps for a multi-label classifier.
 
-  Returns:
-    ``train_step(state, batch, key) -> (state, metrics)`` with ``batch`` =
-    ``{'image': f32 [B, H, W, C], 'findings': f32 [B, F]}`` (other keys ignored),
-    ``key`` a typed key folded with ``state.step``, and ``metrics`` scalars
-    ``loss``, ``exact_match`` (means over the global batch), ``grad_norm``, and
-    ``finite`` (bool: loss and gradients are finite);
-    ``eval_step(state, batch) -> {'logits': [B, F], 'loss_sum', 'count'}`` where
-    ``batch`` may carry ``'mask'`` f32 ``[B]`` (0 = padding), ``loss_sum`` is the
-    sum over unmasked images of the per-image loss and ``count`` their number.
-    ``B`` is the global batch; it must divide by the mesh size.
-  """
-  axis_name = DATA_AXIS if mesh is not None else None
-  model = _with_axis_name(model, axis_name)
+    Args:
+      model: any linen classifier ``model.apply(variables, x, train=bool)`` returning
+        logits ``[B, F]``; variables ``{params, batch_stats}`` (batch_stats optional).
+      mesh: the 1-D ``data`` mesh (:func:`jaxthyroid.parallel.make_mesh`); None runs
+        plain ``jit`` on one device without collectives.
+      donate: donate the state buffers to the train step (the old state is invalid
+        after the call).
+      compute_dtype: e.g. ``jnp.bfloat16``: images are cast to it (the model's own
+        ``dtype`` field decides its compute precision); the loss stays float32.
 
-  def apply(variables, images, **kwargs):
-    if compute_dtype is not None:
-      images = images.astype(compute_dtype)
-    if axis_name is None:
-      return model.apply(variables, images, **kwargs)
-    with nn.intercept_methods(_batch_norm_interceptor(axis_name)):
-      return model.apply(variables, images, **kwargs)
+    Returns:
+      ``train_step(state, batch, key) -> (state, metrics)`` with ``batch`` =
+      ``{'image': f32 [B, H, W, C], 'findings': f32 [B, F]}`` (other keys ignored),
+      ``key`` a typed key folded with ``state.step``, and ``metrics`` scalars
+      ``loss``, ``exact_match`` (means over the global batch), ``grad_norm``, and
+      ``finite`` (bool: loss and gradients are finite);
+      ``eval_step(state, batch) -> {'logits': [B, F], 'loss_sum', 'count'}`` where
+      ``batch`` may carry ``'mask'`` f32 ``[B]`` (0 = padding), ``loss_sum`` is the
+      sum over unmasked images of the per-image loss and ``count`` their number.
+      ``B`` is the global batch; it must divide by the mesh size.
+    """
+    axis_name = DATA_AXIS if mesh is not None else None
+    model = _with_axis_name(model, axis_name)
 
-  def train_per_device(state: TrainState, batch, key):
-    key = jax.random.fold_in(key, state.step)
-    if axis_name is not None:
-      key = jax.random.fold_in(key, lax.axis_index(axis_name))
+    def apply(variables, images, **kwargs):
+        if compute_dtype is not None:
+            images = images.astype(compute_dtype)
+        if axis_name is None:
+            return model.apply(variables, images, **kwargs)
+        with nn.intercept_methods(_batch_norm_interceptor(axis_name)):
+            return model.apply(variables, images, **kwargs)
 
-    def loss_fn(params):
-      variables = {"params": params, "batch_stats": state.batch_stats}
-      logits, updates = apply(variables, batch["image"], train=True,
-                              mutable=["batch_stats"], rngs={"dropout": key})
-      # pmean inside the differentiated function: see the module docstring.
-      loss = _pmean(findings_loss(logits, batch["findings"]).mean(), axis_name)
-      return loss, (logits, updates.get("batch_stats", state.batch_stats))
+    def train_per_device(state: TrainState, batch, key):
+        key = jax.random.fold_in(key, state.step)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, lax.axis_index(axis_name))
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    # Running stats are already global when BatchNorm synchronised; average any
-    # that a custom layer computed per device so every replica keeps the same copy.
-    batch_stats = jax.tree.map(
-        lambda s: lax.pmean(s, axis_name)
-        if axis_name is not None and axis_name in _varying_axes(s) else s, batch_stats)
-    grad_norm = optax.global_norm(grads)
-    metrics = {
-        "loss": loss,
-        "exact_match": _pmean(exact_match(logits, batch["findings"]).mean(), axis_name),
-        "grad_norm": grad_norm,
-        "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
-    }
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    return state, metrics
+        def loss_fn(params):
+            variables = {"params": params, "batch_stats": state.batch_stats}
+            logits, updates = apply(
+                variables, batch["image"], train=True, mutable=["batch_stats"], rngs={"dropout": key}
+            )
+            # pmean inside the differentiated function: see the module docstring.
+            loss = _pmean(findings_loss(logits, batch["findings"]).mean(), axis_name)
+            return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
-  def eval_per_device(state: TrainState, batch):
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = apply(variables, batch["image"], train=False).astype(jnp.float32)
-    mask = batch["mask"]
-    loss = findings_loss(logits, batch["findings"])
-    return {
-        "logits": logits,
-        "loss_sum": _psum(jnp.sum(loss * mask), axis_name),
-        "count": _psum(jnp.sum(mask), axis_name),
-    }
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        # Running stats are already global when BatchNorm synchronised; average any
+        # that a custom layer computed per device so every replica keeps the same copy.
+        batch_stats = jax.tree.map(
+            lambda s: lax.pmean(s, axis_name) if axis_name is not None and axis_name in _varying_axes(s) else s,
+            batch_stats,
+        )
+        grad_norm = optax.global_norm(grads)
+        metrics = {
+            "loss": loss,
+            "exact_match": _pmean(exact_match(logits, batch["findings"]).mean(), axis_name),
+            "grad_norm": grad_norm,
+            "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+        }
+        state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+        return state, metrics
 
-  if mesh is not None:
-    train_per_device = jax.shard_map(
-        train_per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()),
-        out_specs=(P(), P()), check_vma=True)
-    eval_per_device = jax.shard_map(
-        eval_per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS)),
-        out_specs={"logits": P(DATA_AXIS), "loss_sum": P(), "count": P()}, check_vma=True)
+    def eval_per_device(state: TrainState, batch):
+        variables = {"params": state.params, "batch_stats": state.batch_stats}
+        logits = apply(variables, batch["image"], train=False).astype(jnp.float32)
+        mask = batch["mask"]
+        loss = findings_loss(logits, batch["findings"])
+        return {
+            "logits": logits,
+            "loss_sum": _psum(jnp.sum(loss * mask), axis_name),
+            "count": _psum(jnp.sum(mask), axis_name),
+        }
 
-  train_jit = xla_options.jit(train_per_device, donate_argnums=(0,) if donate else ())
-  eval_jit = xla_options.jit(eval_per_device)
+    if mesh is not None:
+        train_per_device = jax.shard_map(
+            train_per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P()), check_vma=True
+        )
+        eval_per_device = jax.shard_map(
+            eval_per_device,
+            mesh=mesh,
+            in_specs=(P(), P(DATA_AXIS)),
+            out_specs={"logits": P(DATA_AXIS), "loss_sum": P(), "count": P()},
+            check_vma=True,
+        )
 
-  def select_train(batch):
-    return {k: batch[k] for k in TRAIN_KEYS}
+    train_jit = xla_options.jit(train_per_device, donate_argnums=(0,) if donate else ())
+    eval_jit = xla_options.jit(eval_per_device)
 
-  def select_eval(batch):
-    out = {k: batch[k] for k in ("image", "findings")}
-    out["mask"] = batch["mask"] if "mask" in batch else jnp.ones(
-        (batch["image"].shape[0],), jnp.float32)
-    return out
+    def select_train(batch):
+        return {k: batch[k] for k in TRAIN_KEYS}
 
-  @functools.wraps(train_per_device)
-  def train_step(state: TrainState, batch: dict, key: jax.Array):
-    return train_jit(state, select_train(batch), key)
+    def select_eval(batch):
+        out = {k: batch[k] for k in ("image", "findings")}
+        out["mask"] = batch["mask"] if "mask" in batch else jnp.ones((batch["image"].shape[0],), jnp.float32)
+        return out
 
-  @functools.wraps(eval_per_device)
-  def eval_step(state: TrainState, batch: dict):
-    return eval_jit(state, select_eval(batch))
+    @functools.wraps(train_per_device)
+    def train_step(state: TrainState, batch: dict, key: jax.Array):
+        return train_jit(state, select_train(batch), key)
 
-  # For benchmarks: ``train_step.lower(state, batch, key).compile()``.
-  train_step.lower = lambda state, batch, key: train_jit.lower(state, select_train(batch), key)
-  eval_step.lower = lambda state, batch: eval_jit.lower(state, select_eval(batch))
-  return train_step, eval_step
+    @functools.wraps(eval_per_device)
+    def eval_step(state: TrainState, batch: dict):
+        return eval_jit(state, select_eval(batch))
+
+    # For benchmarks: ``train_step.lower(state, batch, key).compile()``.
+    train_step.lower = lambda state, batch, key: train_jit.lower(state, select_train(batch), key)
+    eval_step.lower = lambda state, batch: eval_jit.lower(state, select_eval(batch))
+    return train_step, eval_step
