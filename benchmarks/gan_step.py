@@ -27,7 +27,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxthyroid.models import dcgan, srgan
 from jaxthyroid.train import gan_steps

@@ -39,7 +39,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -81,7 +80,7 @@ class Spec:
     batch: int | None = None  # None: the case's default
     size: int | None = None
 
-    def resolved(self) -> "Spec":
+    def resolved(self) -> Spec:
         c = CASES[self.case]
         return dataclasses.replace(self, batch=self.batch or c.batch, size=self.size or c.size)
 
@@ -367,7 +366,7 @@ def environment() -> dict:
     except OSError:
         pass
     env = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "jax": jax.__version__,
         "python": platform.python_version(),
         "backend": jax.default_backend(),
@@ -641,7 +640,7 @@ def main(argv=None) -> dict:
                 warmup=args.warmup,
                 torch=not args.no_torch and devices == 1,
                 log=log,
-                on_rows=lambda new: write(rows + new, partial=True),
+                on_rows=lambda new, done=rows: write(done + new, partial=True),
             )
         elif jax.default_backend() == "cpu":
             rows += _run_child(args, devices, log)

@@ -57,7 +57,8 @@ def main(argv=None):
     p.add_argument("--classifier-run", default=None, help="a cross-training run dir whose plain phase to reuse")
     args, overrides = p.parse_known_args(argv)
 
-    from jaxthyroid import augmentation, config as config_lib
+    from jaxthyroid import augmentation
+    from jaxthyroid import config as config_lib
     from jaxthyroid.data import features, phantom_builder
 
     cfg = config_lib.load_config(args.config, [o.removeprefix("--config.") for o in overrides])

@@ -42,7 +42,6 @@ import json
 import os
 import pathlib
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -55,9 +54,9 @@ from jaxthyroid import parallel, report, xla_options
 from jaxthyroid.data import transforms
 from jaxthyroid.models import dcgan, srgan
 from jaxthyroid.train import gan_steps
-from jaxthyroid.train.state import init_key, variables_of
 from jaxthyroid.train.checkpoint import CheckpointError, Checkpoints
 from jaxthyroid.train.logging import MetricsLogger, progress_bar
+from jaxthyroid.train.state import init_key, variables_of
 
 DONE_FILE = "done.json"
 CONFIG_FILE = "config.json"

@@ -44,7 +44,9 @@ from jaxthyroid import metrics as metrics_lib
 from jaxthyroid import parallel, report, xla_options
 from jaxthyroid.config import ConfigError
 from jaxthyroid.models import registry, resnet
-from jaxthyroid.train import loop, optim, state as state_lib, steps as steps_lib
+from jaxthyroid.train import loop, optim
+from jaxthyroid.train import state as state_lib
+from jaxthyroid.train import steps as steps_lib
 from jaxthyroid.train.checkpoint import CheckpointError
 
 PHASES = ("phase1", "phase2", "plain")

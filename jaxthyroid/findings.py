@@ -164,7 +164,7 @@ class Taxonomy:
 
     # -- construction ------------------------------------------------------------
     @classmethod
-    def from_folder_names(cls, names: Iterable[str]) -> "Taxonomy":
+    def from_folder_names(cls, names: Iterable[str]) -> Taxonomy:
         """A taxonomy whose findings are the parts of the given folder names.
 
         Findings keep the default order where they are default findings, then the
@@ -183,7 +183,7 @@ class Taxonomy:
         return {"findings": list(self.findings), "finding_sets": [list(s) for s in self.finding_sets]}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Taxonomy":
+    def from_dict(cls, d: dict) -> Taxonomy:
         return cls(tuple(d["findings"]), tuple(tuple(s) for s in d["finding_sets"]))
 
 

@@ -498,7 +498,7 @@ def _gaussians(centres, sigmas, weights, x, y):
     return (gy * weights[None, :]) @ gx
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _texture_basis(size: int, grid: int) -> np.ndarray:
     """``[size, size // grid]`` Gaussian interpolation rows of unit L2 norm, so
     ``U n Uᵀ`` of white unit noise ``n`` is a smooth field with unit variance."""
@@ -617,7 +617,7 @@ def _hash32(x):
     return x ^ (x >> 16)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _pixel_counters(n: int) -> np.ndarray:
     x = np.arange(n, dtype=np.uint32)
     with np.errstate(over="ignore"):

@@ -19,7 +19,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import train_tiny  # noqa: E402
 
-from jaxthyroid.train import loop, state as state_lib  # noqa: E402
+from jaxthyroid.train import loop  # noqa: E402
+from jaxthyroid.train import state as state_lib
 from jaxthyroid.train.checkpoint import CheckpointError  # noqa: E402
 from jaxthyroid.train.logging import read_metrics  # noqa: E402
 

@@ -15,7 +15,8 @@ import pytest
 
 from jaxthyroid import parallel
 from jaxthyroid.models import layers, resnet, upsample
-from jaxthyroid.train import optim, state as state_lib, steps
+from jaxthyroid.train import optim, steps
+from jaxthyroid.train import state as state_lib
 
 F = 6
 

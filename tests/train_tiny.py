@@ -85,7 +85,8 @@ def eval_batches():
 
 def setup(mesh_devices: int = 2):
     from jaxthyroid import parallel
-    from jaxthyroid.train import optim, state as state_lib, steps
+    from jaxthyroid.train import optim, steps
+    from jaxthyroid.train import state as state_lib
 
     mesh = parallel.make_mesh(mesh_devices)
     model = TinyNet()

@@ -15,9 +15,9 @@ small-model numbers and not comparable to the paper's.
 
 import pathlib
 
-from jaxthyroid import config
-
 import ml_collections
+
+from jaxthyroid import config
 
 
 def _load(name):

@@ -52,7 +52,7 @@ def _phantom_batch(key, batch_size: int, cross_fraction, size: int, params) -> d
     }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batch_fn(batch_size: int, size: int, augment: transforms.AugmentConfig | None, params, sharding):
     """One jitted ``(key, step, cross_fraction) -> batch`` per static setting."""
 
@@ -109,7 +109,7 @@ class PhantomStream:
         self.step = self.first_step
         self._generate = _batch_fn(batch_size, size, augment, params, sharding)
 
-    def __iter__(self) -> "PhantomStream":
+    def __iter__(self) -> PhantomStream:
         return self
 
     def __next__(self) -> dict:

@@ -93,7 +93,7 @@ def load_taxonomy(dataset_dir) -> findings_lib.Taxonomy:
 # many MiB in all ($JAXTHYROID_MEMORY_CACHE_MB; 0 turns it off).
 MEMORY_CACHE_ENV = "JAXTHYROID_MEMORY_CACHE_MB"
 MEMORY_CACHE_MB = 1024
-_MEMORY: dict[tuple[str, str, int], "InMemorySource"] = {}
+_MEMORY: dict[tuple[str, str, int], InMemorySource] = {}
 
 
 class InMemorySource:

@@ -34,8 +34,8 @@ from jax.sharding import PartitionSpec as P
 
 from jaxthyroid import xla_options
 from jaxthyroid.parallel import DATA_AXIS
-from jaxthyroid.train.gan_losses import FeatureFn, content_loss, discriminator_loss, generator_loss, mse_loss
 from jaxthyroid.train import state as state_lib
+from jaxthyroid.train.gan_losses import FeatureFn, content_loss, discriminator_loss, generator_loss, mse_loss
 from jaxthyroid.train.state import TrainState
 
 Metrics = dict[str, jax.Array]

@@ -213,19 +213,23 @@ def fit(
     checkpoints = ckpt_lib.Checkpoints(workdir / "checkpoints", keep=keep, best_metric=best_metric, best_mode=best_mode)
     logger = log_lib.MetricsLogger(workdir, phase=phase)
     history: list[dict] = []
-    epoch, in_epoch, data_state = 0, 0, None
+    start_epoch, in_epoch, data_state = 0, 0, None
     sums = {"loss": 0.0, "exact_match": 0.0, "count": 0}
 
     if checkpoints.latest_step() is not None:
         state, data_state, loop = checkpoints.restore(state, which="latest")
-        epoch, in_epoch = loop["epoch"], loop["batches_in_epoch"]
+        start_epoch, in_epoch = loop["epoch"], loop["batches_in_epoch"]
         history, sums = loop["history"], loop["epoch_sums"]
         if not np.array_equal(np.asarray(jax.random.key_data(key)), np.asarray(loop["key"])):
             log.warning("resuming with the key saved in the checkpoint, not the one given")
         key = _key_from(key, loop["key"])
         logger.truncate_after(checkpoints.latest_step())
         log.info(
-            "resumed %s from step %d (epoch %d, batch %d)", workdir, checkpoints.latest_step(), epoch + 1, in_epoch
+            "resumed %s from step %d (epoch %d, batch %d)",
+            workdir,
+            checkpoints.latest_step(),
+            start_epoch + 1,
+            in_epoch,
         )
     step = int(jax.device_get(state.step))
     key_data = np.asarray(jax.random.key_data(key)).tolist()
@@ -278,7 +282,7 @@ def fit(
         )
 
     try:
-        for epoch in range(epoch, num_epochs):
+        for epoch in range(start_epoch, num_epochs):
             it = _epoch_iterator(train_batches, epoch, in_epoch, data_state)
             total = steps_per_epoch
             bar = log_lib.progress_bar(
