@@ -23,17 +23,20 @@ log = logging.getLogger(__name__)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh over the first ``num_devices`` devices (all when None), axis ``data``."""
+    """A 1-D mesh, axis ``data``: over every device of every process when ``num_devices``
+    is None or all of them; else over the first ``num_devices`` of this process's own
+    devices (a smaller mesh over other processes' devices would not be addressable here)."""
     devices = jax.devices()
-    if num_devices is None:
-        num_devices = len(devices)
-    if not 1 <= num_devices <= len(devices):
+    if num_devices is None or num_devices == len(devices):
+        return Mesh(np.asarray(devices), (DATA_AXIS,))
+    local = jax.local_devices()
+    if not 1 <= num_devices <= len(local):
         raise ValueError(
-            f"asked for a mesh of {num_devices} devices, but only {len(devices)} "
-            f"are visible ({devices[0].platform}); for CPU tests set "
+            f"asked for a mesh of {num_devices} devices, but this process sees {len(local)} "
+            f"({local[0].platform}) of {len(devices)} in all; for CPU tests set "
             "XLA_FLAGS=--xla_force_host_platform_device_count=8 before importing jax"
         )
-    return Mesh(np.asarray(devices[:num_devices]), (DATA_AXIS,))
+    return Mesh(np.asarray(local[:num_devices]), (DATA_AXIS,))
 
 
 def mesh_or_single(mesh: Mesh | None) -> Mesh:
@@ -73,6 +76,88 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
         return jax.make_array_from_process_local_data(sharding, np.asarray(x))
 
     return jax.tree.map(place, batch)
+
+
+# ----------------------------------------------------------------------------- processes
+def is_primary() -> bool:
+    """Whether this is process 0, the one that writes reports, figures and metrics files."""
+    return jax.process_index() == 0
+
+
+def process_batch_size(global_batch: int, what: str = "batch_size") -> int:
+    """This process's share of a global batch (``global_batch / jax.process_count()``).
+
+    Every process feeds the same number of rows to each step, so the global batch must
+    split evenly; ``what`` names the setting in the error.
+    """
+    count = jax.process_count()
+    if global_batch % count:
+        raise ValueError(f"{what}={global_batch} is the global batch and must be a multiple of the {count} processes")
+    return global_batch // count
+
+
+def process_rows(rows: Any) -> Any:
+    """This process's block of a global batch: rows ``[k * b, (k + 1) * b)`` of ``rows``
+    (an array or index array ``[B, ...]``; ``k = jax.process_index()``, ``b = B / process
+    count``). The whole of ``rows`` in a single process.
+
+    Every process draws the same global batch (same seed) and keeps its block, so each
+    reads only its rows, and :func:`shard_batch` puts them where one process with all
+    the devices would put them (process ``k``'s devices hold block ``k`` of a mesh from
+    :func:`make_mesh`): the result does not depend on how devices spread over processes.
+    """
+    count = jax.process_count()
+    if count == 1:
+        return rows
+    b = process_batch_size(len(rows), "the global batch")
+    k = jax.process_index()
+    return rows[k * b : (k + 1) * b]
+
+
+def to_host(tree: Any) -> Any:
+    """NumPy copies of a pytree of arrays, each whole: an array sharded over processes is
+    gathered (``multihost_utils.process_allgather``, a collective every process must call,
+    in the same order), where ``np.asarray`` would raise."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(get, tree)
+
+
+def gather_batch(batch: Any, mesh: Mesh | None) -> Any:
+    """The global batch as NumPy from this process's rows of it (a pytree of ``[b, ...]``):
+    process ``k``'s rows land where :func:`shard_batch` puts them (block ``k``). A copy of
+    ``batch`` without a mesh or with one process; a collective otherwise."""
+    if mesh is None or jax.process_count() == 1:
+        return jax.tree.map(np.asarray, batch)
+    return to_host(shard_batch(batch, mesh))
+
+
+def sync(name: str) -> None:
+    """Waits until every process got here (``multihost_utils.sync_global_devices``); a
+    no-op in a single process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def primary_first(fn, name: str):
+    """``fn()`` on process 0, then (once it returned) on the others: for work that writes
+    shared files the others then reuse (building a data set). Returns ``fn()``'s value."""
+    if jax.process_count() == 1:
+        return fn()
+    if is_primary():
+        out = fn()
+        sync(name)
+        return out
+    sync(name)
+    return fn()
 
 
 def initialize_distributed(config: Any | None = None) -> None:

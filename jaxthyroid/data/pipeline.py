@@ -53,6 +53,42 @@ def _make_transforms(augment):
     return grain_ops.AugmentNormalize(augment) if augment is not None else grain_ops.Normalize()
 
 
+class _BlockSampler:
+    """Process ``shard_index``'s block of every global batch of a grain sampler.
+
+    Global batch ``j`` is positions ``[j * B, (j + 1) * B)`` of ``sampler`` (``B =
+    block * shard_count``); this shard reads positions ``j * B + shard_index * block + i``
+    (``i < block``), so its ``j``-th batch of ``block`` is the rows one process with every
+    device would put on this process's devices. Records keep the inner sampler's seeded
+    ``rng`` (augmentation does not depend on the process layout); ``index`` is this
+    sampler's own position (grain's iterator state counts in it). A last partial global
+    batch is dropped (every process must feed whole batches).
+    """
+
+    def __init__(self, sampler, *, block: int, shard_index: int, shard_count: int):
+        self.sampler, self.block = sampler, int(block)
+        self.shard_index, self.shard_count = int(shard_index), int(shard_count)
+        self.length = len(sampler) // (self.block * self.shard_count) * self.block
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int):
+        import grain
+
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range [0, {self.length})")
+        j, i = divmod(int(index), self.block)
+        inner = self.sampler[(j * self.shard_count + self.shard_index) * self.block + i]
+        return grain.RecordMetadata(index=index, record_key=inner.record_key, rng=inner.rng)
+
+    def __repr__(self) -> str:
+        return (
+            f"_BlockSampler({self.sampler!r}, block={self.block}, "
+            f"shard_index={self.shard_index}, shard_count={self.shard_count})"
+        )
+
+
 def make_loader(
     source,
     *,
@@ -68,14 +104,19 @@ def make_loader(
 ):
     """A grain ``DataLoader`` of training batches over ``source``.
 
-    ``batch_size`` is per process. Shards default to this JAX process
-    (``jax.process_index()`` of ``jax.process_count()``): grain hands shard ``k``
-    every ``shard_count``-th position of the (shuffled) order, so shards are
-    disjoint, and cover all records but the last ``len % shard_count`` of an epoch.
-    ``num_epochs=None`` repeats forever. Deterministic for ``seed`` (order and
-    augmentation; each record's augmentation rng comes from ``seed`` and its
-    position, not from the batch it lands in); ``iter(loader)`` gives an iterator
-    with ``get_state() -> bytes`` / ``set_state(bytes)``.
+    ``batch_size`` is per process (the global batch is ``batch_size * shard_count``).
+    Shards default to this JAX process (``jax.process_index()`` of
+    ``jax.process_count()``). Every shard walks the same seeded order, cut into
+    global batches; shard ``k``'s batch ``j`` is block ``k`` of global batch ``j``
+    (records ``[k * batch_size, (k + 1) * batch_size)`` of it). So shards are disjoint,
+    each process reads only its own records, and the global batch a multi-process step
+    sees, row for row, is the batch of one process with ``shard_count`` times the
+    batch size (a last partial global batch is dropped when ``shard_count > 1``,
+    whatever ``drop_remainder`` says). ``num_epochs=None`` repeats forever.
+    Deterministic for ``seed`` (order and augmentation; each record's augmentation
+    rng comes from ``seed`` and its position in the global order, not from the batch
+    or the shard it lands in); ``iter(loader)`` gives an iterator with
+    ``get_state() -> bytes`` / ``set_state(bytes)``.
 
     ``worker_count > 0`` runs grain worker processes (needs a ``__main__`` guard and
     ``absl.flags.FLAGS.mark_as_parsed()``). Each worker batches its own records, so
@@ -91,7 +132,8 @@ def make_loader(
         shard_count = jax.process_count() if shard_count is None else shard_count
     if len(source) == 0:
         raise ValueError(f"empty source {source!r}")
-    shard_options = grain.sharding.ShardOptions(shard_index=shard_index, shard_count=shard_count, drop_remainder=True)
+    if not 0 <= shard_index < shard_count:
+        raise ValueError(f"shard_index {shard_index} is not in [0, {shard_count})")
     sampler = grain.samplers.IndexSampler(
         num_records=len(source),
         shuffle=shuffle,
@@ -99,12 +141,19 @@ def make_loader(
         seed=seed,
         shard_options=grain.sharding.NoSharding(),  # the DataLoader shards (grain ≥ 0.2)
     )
+    if shard_count > 1:
+        sampler = _BlockSampler(sampler, block=batch_size, shard_index=shard_index, shard_count=shard_count)
+        if len(sampler) == 0:
+            raise ValueError(
+                f"{len(source)} records are less than one global batch of {batch_size} x {shard_count} processes"
+            )
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
         operations=[_make_transforms(augment), grain.transforms.Batch(batch_size, drop_remainder=drop_remainder)],
         worker_count=worker_count,
-        shard_options=shard_options,
+        # The block sampler already holds only this shard's positions.
+        shard_options=grain.sharding.ShardOptions(shard_index=0, shard_count=1, drop_remainder=True),
         # Read in the calling thread: grain's default 16 reader threads poll their
         # futures in a busy loop (~350k calls an epoch of 960 records, measured with
         # cProfile), which takes a core from XLA on a 2-core machine; reading inline
@@ -116,14 +165,19 @@ def make_loader(
 def eval_batch_indices(n: int, batch_size: int, *, shard_index: int = 0, shard_count: int = 1) -> list[np.ndarray]:
     """Record indices of each eval batch of one shard (the last ones may be short or empty).
 
-    Shard ``k`` gets records ``k, k + count, …``; every shard gets the same number of
-    batches (``ceil(ceil(n / count) / batch_size)``, at least 1 when ``n > 0``), so
-    collective ops line up across processes.
+    Global eval batch ``j`` is records ``[j * E, (j + 1) * E)`` (``E = batch_size *
+    shard_count``); shard ``k`` gets block ``k`` of it, records ``j * E + k *
+    batch_size + i``. Every shard gets the same number of batches (``ceil(n / E)``),
+    so collective ops line up across processes, and the padded global batch is the one
+    a single process with ``E`` would evaluate, padding in the same rows.
     """
-    mine = np.arange(shard_index, n, shard_count)
-    per_shard = -(-n // shard_count)
-    num_batches = max(1, math.ceil(per_shard / batch_size)) if n else 0
-    return [mine[b * batch_size : (b + 1) * batch_size] for b in range(num_batches)]
+    global_batch = batch_size * shard_count
+    num_batches = math.ceil(n / global_batch)
+    out = []
+    for j in range(num_batches):
+        start = j * global_batch + shard_index * batch_size
+        out.append(np.arange(start, min(start + batch_size, n)) if start < n else np.arange(0))
+    return out
 
 
 def pad_batch(examples: dict, batch_size: int) -> dict:
@@ -150,10 +204,10 @@ def eval_batches(
 
     The last batch is padded with zero examples; ``mask`` float32 ``[B]`` is 1 for
     real examples and 0 for padding, so metrics never drop images. With several
-    processes give each its ``shard_index``/``shard_count``: shard ``k`` gets records
-    ``k, k + count, …``, and every shard yields the same number of batches (so
-    collective ops line up). :func:`jaxthyroid.data.device_stream.eval_batches_from_arrays`
-    batches in-memory arrays the same way.
+    processes give each its ``shard_index``/``shard_count``: shard ``k`` gets block
+    ``k`` of every global batch (:func:`eval_batch_indices`), and every shard yields
+    the same number of batches (so collective ops line up). :func:`jaxthyroid.data.device_stream.eval_batches_from_arrays`
+    batches in-memory arrays the same way. ``batch_size`` is per shard.
     """
     for idx in eval_batch_indices(len(source), batch_size, shard_index=shard_index, shard_count=shard_count):
         examples = [preprocess(source[int(i)]) for i in idx]
