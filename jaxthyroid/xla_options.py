@@ -43,11 +43,6 @@ ENV = "JAXTHYROID_YNN_CONV"
 log = logging.getLogger(__name__)
 _use = True
 
-try:  # the check jax.jit itself makes before refusing compiler options (private, ~0.5 µs)
-    from jax._src.core import trace_state_clean as _trace_state_clean
-except ImportError:  # another JAX: look for tracers among the arguments instead (~100 µs)
-    _trace_state_clean = None
-
 
 @functools.cache
 def compiler_options() -> dict[str, str] | None:
@@ -97,7 +92,14 @@ def jit(fun: Callable, **kwargs: Any):
 
 
 class _Jitted:
-    """A top-level ``jit`` with compiler options, and a plain one for nested calls."""
+    """A top-level ``jit`` with compiler options, and a plain one for nested calls.
+
+    A call tries the top-level ``jit`` first: at top level (every train step) that costs
+    nothing extra. Under a trace JAX refuses its compiler options with a ``ValueError``
+    before anything runs, and the call is made again with the plain ``jit``; that
+    happens while the outer program is traced, once per compilation. Public API only:
+    no question to JAX's trace state.
+    """
 
     def __init__(self, fun: Callable, kwargs: dict, options: dict):
         self._top = jax.jit(fun, compiler_options=options, **kwargs)
@@ -105,15 +107,20 @@ class _Jitted:
         functools.update_wrapper(self, fun)
 
     def __call__(self, *args, **kwargs):
-        jitted = self._nested if _under_trace(args, kwargs) else self._top
-        return jitted(*args, **kwargs)
+        try:
+            return self._top(*args, **kwargs)
+        except ValueError as err:
+            if not _refused_under_trace(err, args, kwargs):
+                raise
+        return self._nested(*args, **kwargs)
 
     def __getattr__(self, name: str):  # lower, trace, eval_shape, ... of the top-level jit
         return getattr(self._top, name)
 
 
-def _under_trace(args, kwargs) -> bool:
-    """Whether a call happens while JAX traces (inside jit, eval_shape, grad...)."""
-    if _trace_state_clean is not None:
-        return not _trace_state_clean()
-    return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+def _refused_under_trace(err: ValueError, args, kwargs) -> bool:
+    """Whether ``err`` is JAX refusing compiler options on a nested ``jit``: its message
+    names them, or (should the wording change) the arguments are tracers."""
+    return "compiler_options" in str(err) or any(
+        isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs))
+    )

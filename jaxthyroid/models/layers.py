@@ -100,7 +100,6 @@ def extract_patches(
     return jnp.concatenate(pieces, axis=-1)
 
 
-@jax.custom_vjp
 def patch_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
     """``patches [..., K] @ kernel [K, F]``: an im2col convolution's matmul.
 
@@ -112,7 +111,27 @@ def patch_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
     discriminator's one-channel first layer, 77 → 40 ms for ResNet-18's first strided
     3×3, 140 → 98 ms for its stem, a few per cent elsewhere (``python -m
     benchmarks.conv_grad``, fwd+bwd of one layer on the 2-core CPU).
+
+    Under ``jax.shard_map`` a replicated kernel meets per-device patches. Autodiff
+    would mark the kernel as varying over the mesh axes (an implicit ``pvary``) and
+    sum its cotangent over them (the ``psum`` that transposes it); a custom VJP's
+    cotangents must have its inputs' types, so both inputs are made to vary alike
+    *before* the custom VJP, by adding a zero scalar typed like the other input. JAX
+    then inserts the implicit ``pvary`` and its transpose itself; outside
+    ``shard_map`` (and where both already vary alike) the zero adds nothing, and XLA
+    folds ``x + 0`` away.
     """
+    patches, kernel = _vary_like(patches, kernel), _vary_like(kernel, patches)
+    return _patch_matmul(patches, kernel)
+
+
+def _vary_like(x: jax.Array, other: jax.Array) -> jax.Array:
+    """``x``, also varying over the mesh axes ``other`` varies over (same value)."""
+    return x + jnp.zeros_like(other, dtype=x.dtype, shape=())
+
+
+@jax.custom_vjp
+def _patch_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
     return patches @ kernel
 
 
@@ -120,33 +139,15 @@ def _patch_matmul_fwd(patches, kernel):
     return patches @ kernel, (patches, kernel)
 
 
-def _vma(x) -> frozenset:
-    """The manual mesh axes ``x`` varies along inside ``shard_map`` (empty outside):
-    ``manual_axis_type.varying`` in JAX 0.10, ``vma`` in other versions."""
-    aval = jax.typeof(x)
-    axis_type = getattr(aval, "manual_axis_type", None)
-    if axis_type is not None:
-        return frozenset(axis_type.varying)
-    return frozenset(getattr(aval, "vma", None) or ())
-
-
-def _like_primal(cotangent, primal):
-    """Sums a cotangent over the mesh axes it varies along and its primal does not: a
-    replicated kernel used with per-device patches is implicitly ``pvary``-ed, and
-    autodiff transposes that into this ``psum``; a custom VJP must do it itself."""
-    extra = tuple(sorted(_vma(cotangent) - _vma(primal)))
-    return jax.lax.psum(cotangent, extra) if extra else cotangent
-
-
 def _patch_matmul_bwd(residuals, g):
     patches, kernel = residuals
     k, f = kernel.shape
     d_kernel = jnp.einsum("mf,mk->fk", g.reshape(-1, f), patches.reshape(-1, k)).T
     d_patches = g @ kernel.T.astype(g.dtype)
-    return (_like_primal(d_patches.astype(patches.dtype), patches), _like_primal(d_kernel.astype(kernel.dtype), kernel))
+    return d_patches.astype(patches.dtype), d_kernel.astype(kernel.dtype)
 
 
-patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
+_patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
 class Im2colConv(nn.Module):

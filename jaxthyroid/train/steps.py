@@ -78,27 +78,18 @@ def _with_axis_name(model: nn.Module, axis_name: str | None) -> nn.Module:
 
 
 def _batch_norm_interceptor(axis_name: str):
-    """Gives every ``nn.BatchNorm`` without an axis name ``axis_name`` (global stats).
-
-    Linen re-creates submodules on every ``apply``, so setting the field on the
-    instance during a call affects that call only.
+    """Runs every ``nn.BatchNorm`` without an axis name as a clone with ``axis_name``
+    (global statistics), bound to the same scope, so it reads and updates the same
+    variables; the module itself is not modified.
     """
 
     def interceptor(next_fun, args, kwargs, context):
         module = context.module
-        if isinstance(module, nn.BatchNorm) and module.axis_name is None:
-            object.__setattr__(module, "axis_name", axis_name)
+        if isinstance(module, nn.BatchNorm) and module.axis_name is None and context.method_name == "__call__":
+            return module.clone(parent=module.scope, axis_name=axis_name)(*args, **kwargs)
         return next_fun(*args, **kwargs)
 
     return interceptor
-
-
-def _varying_axes(x) -> frozenset:
-    aval = jax.typeof(x)
-    mat = getattr(aval, "mat", None)  # jax 0.10: ShapedArray.mat.varying
-    if mat is not None:
-        return frozenset(mat.varying)
-    return frozenset(getattr(aval, "vma", ()))
 
 
 def _pmean(x, axis_name):
@@ -164,12 +155,12 @@ def make_classifier_steps(
             return loss, (logits, updates.get("batch_stats", state.batch_stats))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        # Running stats are already global when BatchNorm synchronised; average any
-        # that a custom layer computed per device so every replica keeps the same copy.
-        batch_stats = jax.tree.map(
-            lambda s: lax.pmean(s, axis_name) if axis_name is not None and axis_name in _varying_axes(s) else s,
-            batch_stats,
-        )
+        # Running stats are already global when BatchNorm synchronised; averaging them
+        # again changes nothing (the mean of equal copies) and makes any that a custom
+        # layer computed per device the same on every replica. Unconditional, so the
+        # step need not ask JAX whether a value varies over the axis; the statistics
+        # are a few kilobytes.
+        batch_stats = jax.tree.map(lambda s: _pmean(s, axis_name), batch_stats)
         grad_norm = optax.global_norm(grads)
         metrics = {
             "loss": loss,
