@@ -13,7 +13,9 @@ it), so a killed run leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import json
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -25,6 +27,52 @@ WHICH = ("latest", "best")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A checkpoint whose files are missing or fail to read/verify.
+
+    Attributes: ``path`` (the step's directory) and ``previous_step`` (the newest
+    older checkpoint of the same kind, or None).
+    """
+
+    def __init__(self, message: str, *, path: pathlib.Path, previous_step: int | None):
+        super().__init__(message)
+        self.path = path
+        self.previous_step = previous_step
+
+
+# Errors that mean "the files could not be read or verified" (and nothing else).
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    EOFError,
+    json.JSONDecodeError,
+    UnicodeDecodeError,
+)
+try:  # msgpack: orbax's format for small leaves and older checkpoints
+    import msgpack
+
+    _READ_ERRORS += (msgpack.exceptions.UnpackException, msgpack.exceptions.ExtraData)
+except ImportError:  # pragma: no cover - orbax depends on msgpack
+    pass
+# TensorStore (the OCDBT/zarr arrays) reports read failures as ValueError "<STATUS>: Error
+# reading/opening ..." or with a DATA_LOSS status (checksum or decompression failure).
+_TENSORSTORE_READ = re.compile(r"^(DATA_LOSS|NOT_FOUND):|^[A-Z_]+: Error (reading|opening|decoding)")
+
+
+def _is_read_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it was raised from) is a failure to read the files."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, _READ_ERRORS):
+            return True
+        if isinstance(err, ValueError) and _TENSORSTORE_READ.search(str(err)):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def _key_str(k) -> str:
@@ -152,9 +200,32 @@ class Checkpoints:
         if which == "best" and self.best_metric:
             self._best_value = (metrics or {}).get(self.best_metric)
 
+    def _corrupt(self, which: str, step: int, why: str, cause: BaseException | None = None) -> CorruptCheckpointError:
+        """The error for a checkpoint that fails to read, naming the one to fall back to."""
+        where = self.directory / which / str(step)
+        older = [s for s in self.managers[which].all_steps() if s < step]
+        previous = max(older) if older else None
+        if previous is not None:
+            advice = (
+                f"the previous checkpoint is step {previous} ({self.directory / which / str(previous)}): "
+                f"delete {where} to resume from it"
+            )
+        else:
+            advice = f"there is no earlier {which} checkpoint: delete {where} and train again"
+        detail = f" ({type(cause).__name__}: {str(cause).splitlines()[0][:300]})" if cause is not None else ""
+        return CorruptCheckpointError(
+            f"checkpoint {where} is corrupt: {why}{detail}; {advice}", path=where, previous_step=previous
+        )
+
     def restore(self, state_template: Any, *, which: str = "latest", step: int | None = None) -> tuple[Any, dict, dict]:
         """``(state, data, loop)`` from a checkpoint; ``state`` takes the template's
-        structure and shardings. Raises CheckpointError when missing, corrupt or unfit."""
+        structure and shardings.
+
+        Raises :class:`CheckpointError` when there is none or it does not fit the model,
+        :class:`CorruptCheckpointError` (naming the previous step) only when its files are
+        missing or fail to read/verify. Any other error (sharding, dtype, out of memory...)
+        keeps its type, with a note that the checkpoint itself read fine.
+        """
         if which not in WHICH:
             raise ValueError(f"which must be one of {WHICH}, got {which!r}")
         mgr = self.managers[which]
@@ -163,14 +234,18 @@ class Checkpoints:
         if step is None:
             raise CheckpointError(f"no checkpoint in {where}: train first, or point at the workdir of a finished run")
         where = where / str(step)
+        missing = [item for item in ("state", "data", "loop") if not (where / item).is_dir()]
+        if missing:
+            raise self._corrupt(which, step, f"its item(s) {', '.join(missing)} are missing (a partial copy?)")
         try:
             metadata = mgr.item_metadata(step)["state"]
-        except Exception as e:  # unreadable metadata: corrupt or partial copy
-            raise CheckpointError(
-                f"checkpoint {where} is unreadable ({type(e).__name__}: {e}); delete it to fall back to an older one"
-            ) from e
+        except Exception as e:
+            if _is_read_failure(e):
+                raise self._corrupt(which, step, "its metadata does not read", e) from e
+            e.add_note(f"while reading the metadata of checkpoint {where}")
+            raise
         if metadata is None:
-            raise CheckpointError(f"checkpoint {where} has no 'state' item; delete it to fall back to an older one")
+            raise self._corrupt(which, step, "its 'state' item has no metadata")
         check_compatible(metadata, state_template, str(where))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
         try:
@@ -181,11 +256,10 @@ class Checkpoints:
                 ),
             )
         except Exception as e:
-            raise CheckpointError(
-                f"checkpoint {where} could not be restored "
-                f"({type(e).__name__}: {e}); it may be corrupt: delete it to "
-                "fall back to an older one"
-            ) from e
+            if _is_read_failure(e):
+                raise self._corrupt(which, step, "its files fail to read", e) from e
+            e.add_note(f"while restoring checkpoint {where}; its files read fine: it is not corrupt, do not delete it")
+            raise
         return restored["state"], restored["data"], restored["loop"]
 
     def close(self) -> None:
