@@ -190,13 +190,63 @@ class Taxonomy:
 DEFAULT = Taxonomy()
 
 
-def predict(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Multi-hot prediction from per-finding probabilities ``[..., F]``.
+DECISIONS = ("set", "threshold")
 
-    The findings with p >= threshold; the argmax finding where none reaches it
-    (DESIGN §2), so every image gets at least one finding.
+
+def set_log_likelihood(probs: np.ndarray, taxonomy: Taxonomy = DEFAULT) -> np.ndarray:
+    """Joint log-likelihood of every finding set of the taxonomy, ``[..., num_sets]``.
+
+    Under independent per-finding sigmoid probabilities ``p`` ``[..., F]`` the
+    probability of the multi-hot label ``y`` of a set is ``prod_f p_f^y_f (1 - p_f)^(1 - y_f)``:
+
+        log L(y) = sum_f y_f log p_f + (1 - y_f) log(1 - p_f)
+
+    ``p`` is clipped to ``[1e-12, 1 - 1e-12]`` (float64) so a saturated sigmoid gives a
+    finite, very low likelihood rather than ``-inf`` for every set.
+    """
+    p = np.clip(np.asarray(probs, np.float64), 1e-12, 1.0 - 1e-12)
+    if p.shape[-1] != taxonomy.num_findings:
+        raise ValueError(f"{p.shape[-1]} probabilities per image but the taxonomy has {taxonomy.num_findings} findings")
+    table = taxonomy.set_table.astype(np.float64)  # [S, F]
+    return np.log(p) @ table.T + np.log1p(-p) @ (1.0 - table).T
+
+
+NORMAL = "normal"
+
+
+def predict_set_ids(probs: np.ndarray, taxonomy: Taxonomy = DEFAULT) -> np.ndarray:
+    """The most probable finding set of the taxonomy per image: ids ``[...]`` (int64).
+
+    Every prediction is a valid finding set. "No finding" (the all-zero label, which
+    no set has) means a normal gland: where the taxonomy has the set ``("normal",)``,
+    that set scores ``log(L(normal) + L(no finding))``, so an image whose findings all
+    look absent is called normal.
+    """
+    scores = set_log_likelihood(probs, taxonomy)
+    if (NORMAL,) in taxonomy.finding_sets:
+        p = np.clip(np.asarray(probs, np.float64), 1e-12, 1.0 - 1e-12)
+        i = taxonomy.finding_sets.index((NORMAL,))
+        scores[..., i] = np.logaddexp(scores[..., i], np.log1p(-p).sum(-1))
+    return scores.argmax(-1)
+
+
+def predict(
+    probs: np.ndarray, threshold: float = 0.5, *, decision: str = "threshold", taxonomy: Taxonomy = DEFAULT
+) -> np.ndarray:
+    """Multi-hot prediction ``[..., F]`` (float32 0/1) from per-finding probabilities ``[..., F]``.
+
+    ``decision``:
+      ``"set"``: the most probable finding set of ``taxonomy`` (:func:`predict_set_ids`);
+        always a combination that can occur.
+      ``"threshold"``: the findings with p >= threshold; the argmax finding where none
+        reaches it (DESIGN §2), so every image gets at least one finding (the
+        combination need not be a finding set of the taxonomy).
     """
     probs = np.asarray(probs)
+    if decision == "set":
+        return taxonomy.set_table[predict_set_ids(probs, taxonomy)]
+    if decision != "threshold":
+        raise ValueError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
     pred = probs >= threshold
     top = np.eye(probs.shape[-1], dtype=bool)[probs.argmax(-1)]
     return np.where(pred.any(-1, keepdims=True), pred, top).astype(np.float32)

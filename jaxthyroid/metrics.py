@@ -10,9 +10,13 @@ For each finding, treating it as a binary problem over the images:
 A ratio with a zero denominator is NaN (e.g. recall of a finding absent from the
 subset, AUC when all images are of one class); macro averages skip NaNs (NaN when
 all are). Exact-match accuracy — the paper's "accuracy" — counts images whose
-predicted finding set (:func:`jaxthyroid.findings.predict`: p >= threshold, argmax
-when none) equals the label. Everything is reported on the single-feature,
-cross-feature and all test images (DESIGN §2).
+predicted finding set equals the label, under one of two decision rules
+(:func:`jaxthyroid.findings.predict`): ``"set"`` (default), the most probable finding
+set of the taxonomy under the per-finding probabilities, or ``"threshold"``, every
+finding with p >= 0.5 (argmax when none), which can name combinations that are not
+finding sets. The per-finding metrics use the chosen rule; exact match is reported
+under both (``exact_match_set``, ``exact_match_threshold``). Everything is reported
+on the single-feature, cross-feature and all test images (DESIGN §2).
 """
 
 from __future__ import annotations
@@ -82,16 +86,23 @@ def _nanmean(values) -> float:
         return float(np.nanmean(values))
 
 
-def _subset_report(probs, labels, pred, taxonomy) -> dict:
+def exact_match(pred: np.ndarray, labels: np.ndarray) -> float:
+    """Share of images whose multi-hot prediction ``[N, F]`` equals the label ``[N, F]``
+    in every finding (NaN for no images)."""
+    pred, true = np.asarray(pred) > 0.5, np.asarray(labels) > 0.5
+    return float(np.all(pred == true, axis=-1).mean()) if len(true) else float("nan")
+
+
+def _subset_report(probs, labels, pred, other_preds, taxonomy) -> dict:
     true = labels > 0.5
     per_finding = {
         name: binary_metrics(pred[:, i], true[:, i], probs[:, i]) for i, name in enumerate(taxonomy.findings)
     }
     macro = {m: _nanmean([per_finding[f][m] for f in taxonomy.findings]) for m in MEASURES}
-    exact = np.all(pred == true, axis=-1)
     return {
         "count": int(len(labels)),
-        "exact_match": float(exact.mean()) if len(labels) else float("nan"),
+        "exact_match": exact_match(pred, true),
+        **{f"exact_match_{rule}": exact_match(p, true) for rule, p in other_preds.items()},
         "per_finding": per_finding,
         "macro": macro,
     }
@@ -104,6 +115,7 @@ def classification_report(
     subset: np.ndarray | None = None,
     taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT,
     threshold: float = 0.5,
+    decision: str = "set",
 ) -> dict:
     """Per-finding and macro metrics and exact-match accuracy on each image subset.
 
@@ -113,10 +125,13 @@ def classification_report(
       subset: ``[N]``, 1/True for cross-feature images, 0/False for single-feature
         (the data sets' ``subset`` field); None derives it from the labels (>= 2 findings).
       taxonomy: names the ``F`` findings.
-      threshold: probability from which a finding is predicted.
+      threshold: probability from which a finding is predicted (``decision="threshold"``).
+      decision: ``"set"`` | ``"threshold"`` (:func:`jaxthyroid.findings.predict`): the
+        rule behind ``exact_match`` and the per-finding metrics.
 
     Returns:
-      ``{'single'|'cross'|'all': {'count', 'exact_match', 'per_finding': {finding:
+      ``{'single'|'cross'|'all': {'count', 'exact_match', 'exact_match_set',
+      'exact_match_threshold', 'per_finding': {finding:
       {'recall', 'precision', 'specificity', 'f1', 'auc', 'support', 'tp', 'fp', 'fn',
       'tn'}}, 'macro': {'recall', 'precision', 'specificity', 'f1', 'auc'}}}``.
     """
@@ -130,9 +145,17 @@ def classification_report(
             f"{taxonomy.num_findings} findings ({', '.join(taxonomy.findings)})"
         )
     cross = (labels > 0.5).sum(-1) >= 2 if subset is None else np.asarray(subset).astype(bool)
-    pred = findings_lib.predict(probs, threshold) > 0.5
+    preds = {
+        rule: findings_lib.predict(probs, threshold, decision=rule, taxonomy=taxonomy) > 0.5
+        for rule in findings_lib.DECISIONS
+    }
+    if decision not in preds:
+        raise ValueError(f"decision must be one of {', '.join(findings_lib.DECISIONS)}, not {decision!r}")
     masks = {"single": ~cross, "cross": cross, "all": np.ones(len(labels), bool)}
-    return {name: _subset_report(probs[m], labels[m], pred[m], taxonomy) for name, m in masks.items()}
+    return {
+        name: _subset_report(probs[m], labels[m], preds[decision][m], {r: p[m] for r, p in preds.items()}, taxonomy)
+        for name, m in masks.items()
+    }
 
 
 def confusion_matrix(pred_set_ids: np.ndarray, true_set_ids: np.ndarray, num_sets: int) -> np.ndarray:

@@ -58,11 +58,13 @@ def plot_curves(
     accuracy_key: str = "val_exact_match",
     loss_key: str = "val_loss",
 ) -> None:
-    """Validation accuracy and loss per epoch, phases one after another (the paper's curves).
+    """Validation accuracy and loss against optimiser steps, phases one after another
+    (the paper's curves).
 
-    ``histories`` maps a phase name to its per-epoch dicts (``fit``'s history); the
-    epochs of later phases continue the x axis and a dashed line marks each phase
-    boundary. Writes a PNG to ``path``.
+    ``histories`` maps a phase name to its per-evaluation dicts (``fit``'s history, each
+    with the ``step`` it followed; without one, evaluations count 1, 2, ...); later
+    phases continue the x axis and a dashed line marks each phase boundary. Writes a
+    PNG to ``path``.
     """
     plt = _pyplot()
     fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
@@ -70,18 +72,18 @@ def plot_curves(
     for i, (phase, history) in enumerate(histories.items()):
         if not history:
             continue
-        epochs = offset + np.arange(1, len(history) + 1)
+        steps = offset + np.asarray([h.get("step", n + 1) for n, h in enumerate(history)])
         acc = [h.get(accuracy_key, np.nan) for h in history]
         loss = [h.get(loss_key, np.nan) for h in history]
         color = f"C{i}"
-        ax_acc.plot(epochs, acc, color=color, label=phase)
-        ax_loss.plot(epochs, loss, color=color, label=phase)
+        ax_acc.plot(steps, acc, color=color, marker=".", label=phase)
+        ax_loss.plot(steps, loss, color=color, marker=".", label=phase)
         if offset:
             for ax in (ax_acc, ax_loss):
-                ax.axvline(offset + 0.5, color="grey", linestyle="--", linewidth=1)
-        offset += len(history)
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (exact match)", title="Validation accuracy")
-    ax_loss.set(xlabel="epoch", ylabel="validation loss", title="Validation loss")
+                ax.axvline(offset, color="grey", linestyle="--", linewidth=1)
+        offset = int(steps[-1])
+    ax_acc.set(xlabel="optimiser step", ylabel="validation accuracy (exact match)", title="Validation accuracy")
+    ax_loss.set(xlabel="optimiser step", ylabel="validation loss", title="Validation loss")
     for ax in (ax_acc, ax_loss):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -41,3 +41,19 @@ def test_taxonomy_from_folders():
 def test_predict_falls_back_to_argmax():
     p = np.array([[0.1, 0.7, 0.2, 0.0, 0.6, 0.1], [0.1, 0.3, 0.2, 0.0, 0.4, 0.1]])
     np.testing.assert_array_equal(findings.predict(p), [[0, 1, 0, 0, 1, 0], [0, 0, 0, 0, 1, 0]])
+
+
+def test_set_log_likelihood_by_hand():
+    tax = Taxonomy(findings=("a", "b"), finding_sets=(("a",), ("b",), ("a", "b")))
+    p = np.array([0.8, 0.4])
+    want = np.log([0.8 * 0.6, 0.2 * 0.4, 0.8 * 0.4])
+    np.testing.assert_allclose(findings.set_log_likelihood(p, tax), want, rtol=1e-12)
+    assert findings.predict_set_ids(p, tax) == 0
+    # No finding looks present: the default taxonomy's answer is the normal gland.
+    # graves alone has the highest set likelihood (0.3 * 0.95^5 vs normal's 0.05 * 0.7 *
+    # 0.95^4), but "no finding" (0.7 * 0.95^5) is likelier still, and it reads as normal.
+    low = np.array([[0.05, 0.3, 0.05, 0.05, 0.05, 0.05]])
+    assert findings.set_log_likelihood(low).argmax() == DEFAULT.set_id("graves")
+    np.testing.assert_array_equal(findings.predict(low, decision="set"), [[1, 0, 0, 0, 0, 0]])
+    with pytest.raises(ValueError, match="decision"):
+        findings.predict(low, decision="vote")

@@ -90,10 +90,27 @@ def test_single_and_cross_subsets_by_hand():
 
 def test_threshold_changes_predictions():
     # At 0.65: image 1 predicts b only (right), image 3 a only (wrong), image 4 a (wrong).
-    r = metrics.classification_report(PROBS, LABELS, taxonomy=TAX, threshold=0.65)["all"]
+    r = metrics.classification_report(PROBS, LABELS, taxonomy=TAX, threshold=0.65, decision="threshold")["all"]
     assert r["exact_match"] == 3 / 6  # images 0, 1, 2
     assert abs(r["per_finding"]["b"]["recall"] - 1 / 3) < 1e-12  # only image 1
     assert r["per_finding"]["a"]["precision"] == 0.75  # 0, 3, 4 right; 5 wrong
+
+
+def test_set_decision_never_predicts_an_impossible_combination():
+    # b+c is not a finding set of TAX: the threshold rule predicts it, the set rule
+    # picks the most probable set: b (0.1 * 0.9 * 0.6 = 0.054) over c (0.9 * 0.1 * 0.4
+    # = 0.036), a+b (0.1 * 0.9 * 0.4), a (0.1 * 0.1 * 0.4).
+    probs = np.array([[0.1, 0.9, 0.6], [0.9, 0.2, 0.1]])
+    labels = np.array([[0, 1, 0], [1, 0, 0]], np.float32)
+    np.testing.assert_array_equal(findings.predict(probs, taxonomy=TAX), [[0, 1, 1], [1, 0, 0]])
+    np.testing.assert_array_equal(findings.predict(probs, taxonomy=TAX, decision="set"), [[0, 1, 0], [1, 0, 0]])
+    r = metrics.classification_report(probs, labels, taxonomy=TAX)["all"]
+    assert r["exact_match"] == r["exact_match_set"] == 1.0
+    assert r["exact_match_threshold"] == 0.5
+    t = metrics.classification_report(probs, labels, taxonomy=TAX, decision="threshold")["all"]
+    assert t["exact_match"] == 0.5 and t["per_finding"]["c"]["fp"] == 1
+    with pytest.raises(ValueError, match="decision"):
+        metrics.classification_report(probs, labels, taxonomy=TAX, decision="vote")
 
 
 def test_roc_auc_cases():

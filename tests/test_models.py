@@ -49,6 +49,25 @@ def test_output_shapes(name, size):
     assert out.shape == (2, 6) and out.dtype == jnp.float32
 
 
+def test_small_stem_keeps_full_resolution_into_stage1():
+    """The CIFAR-style stem: a 3×3/1 conv and no max-pool, so stage 1 runs at the input size."""
+    x = jnp.zeros((2, 32, 32, 1))
+
+    def stage1_shape(stem):
+        model = get_model("resnet_tiny", num_classes=6, stem=stem)
+        _, state = jax.eval_shape(lambda k: model.init_with_output(k, x, train=False, capture_intermediates=True), KEY)
+        return state["intermediates"]["stage1_block1"]["__call__"][0].shape
+
+    assert stage1_shape("small") == (2, 32, 32, 8)
+    assert stage1_shape("imagenet") == (2, 8, 8, 8)
+    params = jax.eval_shape(
+        lambda k: get_model("resnet_tiny", num_classes=6, stem="small").init(k, x, train=False), KEY
+    )
+    assert params["params"]["conv_init"]["kernel"].shape == (3, 3, 1, 8)
+    with pytest.raises(ValueError, match="stem"):
+        jax.eval_shape(lambda k: get_model("resnet_tiny", num_classes=6, stem="big").init(k, x, train=False), KEY)
+
+
 def test_registry_unknown_name_lists_known():
     with pytest.raises(ValueError, match="resnet18"):
         get_model("resnet19", num_classes=6)

@@ -231,8 +231,16 @@ CROSS_BLOCKS: dict[type, type] = {BasicBlock: CrossBasicBlock, BottleneckBlock: 
 # ---------------------------------------------------------------------------
 
 
+STEMS = ("imagenet", "small")
+
+
 class ResNet(nn.Module):
-    """torchvision-style ResNet: 7×7/2 stem, BN, ReLU, 3×3/2 max-pool, 4 stages, GAP, head.
+    """torchvision-style ResNet: stem, 4 stages, global average pool, dense head.
+
+    ``stem``: ``"imagenet"`` (torchvision: 7×7/2 conv, BN, ReLU, 3×3/2 max-pool; the
+    first stage sees ``H/4 × W/4``) or ``"small"`` (CIFAR-style, for inputs of 64² and
+    below: 3×3/1 conv, BN, ReLU, no pool; the first stage sees ``H × W``, so every
+    stage does 16× the work of the ``imagenet`` stem's at the same width).
 
     ``__call__(x, *, train)``: ``[batch, H, W, in_channels]`` -> logits
     ``[batch, num_classes]`` (float32 whatever ``dtype``).
@@ -242,6 +250,7 @@ class ResNet(nn.Module):
     block_cls: type
     num_classes: int
     num_filters: int = 64
+    stem: str = "imagenet"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     act: Callable = nn.relu
@@ -290,8 +299,16 @@ class ResNet(nn.Module):
             param_dtype=self.param_dtype,
             axis_name=self.bn_axis_name,
         )
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, not {self.stem!r}")
+        small = self.stem == "small"
+        k, s, pad = (3, 1, 1) if small else (7, 2, 3)
         stem = dict(
-            features=self.num_filters, kernel_size=(7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), name="conv_init"
+            features=self.num_filters,
+            kernel_size=(k, k),
+            strides=(s, s),
+            padding=((pad, pad), (pad, pad)),
+            name="conv_init",
         )
         if self.stem_im2col:
             x = layers.Im2colConv(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init, **stem)(
@@ -300,7 +317,8 @@ class ResNet(nn.Module):
         else:
             x = conv(**stem)(x)
         x = self.act(norm(name="bn_init")(x))
-        x = layers.max_pool(x, 3, 2, ((1, 1), (1, 1)), fast=self.fast_maxpool)
+        if not small:
+            x = layers.max_pool(x, 3, 2, ((1, 1), (1, 1)), fast=self.fast_maxpool)
 
         block_cls = CROSS_BLOCKS.get(self.block_cls, self.block_cls) if self.cross else self.block_cls
         cross_fields = (
