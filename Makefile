@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 OUT    ?= demo
 
-.PHONY: demo test bench install clean
+.PHONY: demo test lint install-check bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ demo: $(STAMP)
 # The test suite (CPU, a few minutes on 2 cores).
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Formatter and linter (ruff, configured in pyproject.toml), as CI runs them.
+lint: $(STAMP)
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+# pip install . (not editable) into a fresh venv; jaxthyroid train from an empty directory (~1.5 min).
+install-check: $(STAMP)
+	JAXTHYROID_INSTALL_TEST=1 $(PY) -m pytest -q tests/test_install.py
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run

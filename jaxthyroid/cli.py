@@ -161,8 +161,20 @@ def _cmd_demo(args) -> None:
 
 
 def _cmd_bench(args, rest) -> None:
+    import importlib.util
     import runpy
 
+    # benchmarks/ is part of the source checkout, not of the installed package: run
+    # from the repository root, it is found there.
+    if os.path.isfile(os.path.join("benchmarks", "run.py")) and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    if importlib.util.find_spec("benchmarks") is None:
+        print(
+            "jaxthyroid bench runs benchmarks/ from a source checkout (they are not installed with the "
+            "package): cd into the repository and run `jaxthyroid bench` or `python -m benchmarks.run` there",
+            file=sys.stderr,
+        )
+        raise SystemExit(0 if rest in (["-h"], ["--help"]) else 2)
     sys.argv = ["benchmarks.run", *rest]
     runpy.run_module("benchmarks.run", run_name="__main__")
 

@@ -10,14 +10,26 @@ from __future__ import annotations
 
 import ast
 import difflib
+import importlib.resources
 import importlib.util
 import pathlib
 from collections.abc import Iterable
 
 import ml_collections
 
-# Where the experiment configs live in a source checkout (editable install).
-CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs"
+# The experiment configs: ``experiments/configs`` in the source tree, installed as the
+# package ``jaxthyroid.configs`` (setup.py), so a name resolves from any directory.
+CONFIG_PACKAGE = "jaxthyroid.configs"
+# A source checkout used without installing (``PYTHONPATH=.``): the same files.
+SOURCE_CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "experiments" / "configs"
+
+
+def config_dir() -> pathlib.Path:
+    """The directory of the named configs: the installed package's, else the checkout's."""
+    try:
+        return pathlib.Path(str(importlib.resources.files(CONFIG_PACKAGE)))
+    except ModuleNotFoundError:
+        return SOURCE_CONFIG_DIR
 
 
 class ConfigError(ValueError):
@@ -25,14 +37,16 @@ class ConfigError(ValueError):
 
 
 def resolve_config_path(name_or_path: str) -> pathlib.Path:
-    """A config file path, or the name of one in ``experiments/configs`` (``"quick"``)."""
+    """A config file path, or the name of one in ``experiments/configs``
+    (``"cross_training_quick"``; installed as ``jaxthyroid.configs``)."""
     p = pathlib.Path(name_or_path)
     if p.suffix == ".py" and p.exists():
         return p
-    for cand in (CONFIG_DIR / f"{name_or_path}.py", pathlib.Path("experiments/configs") / f"{name_or_path}.py"):
-        if cand.exists():
-            return cand
-    known = sorted(f.stem for f in CONFIG_DIR.glob("*.py") if not f.stem.startswith("_"))
+    directory = config_dir()
+    cand = directory / f"{name_or_path}.py"
+    if "/" not in name_or_path and not name_or_path.startswith("_") and cand.exists():
+        return cand
+    known = sorted(f.stem for f in directory.glob("*.py") if not f.stem.startswith("_"))
     raise ConfigError(
         f"config {name_or_path!r} not found: give a .py file with get_config() "
         f"or one of {', '.join(known) or '(none found)'}"

@@ -1,6 +1,9 @@
+import pathlib
+
 import ml_collections
 import pytest
 
+from jaxthyroid import config as config_lib
 from jaxthyroid.config import ConfigError, apply_overrides, load_config
 
 
@@ -39,3 +42,19 @@ def test_load_config_file(tmp_path):
     assert load_config(str(f), ["a=2"]).a == 2
     with pytest.raises(ConfigError, match="not found"):
         load_config(str(tmp_path / "missing"))
+
+
+def test_names_resolve_through_the_configs_package_from_any_directory(tmp_path, monkeypatch):
+    import jaxthyroid.configs
+
+    monkeypatch.chdir(tmp_path)  # no experiments/ here
+    path = config_lib.resolve_config_path("cross_training_quick")
+    assert path.parent == config_lib.config_dir() == pathlib.Path(jaxthyroid.configs.__file__).parent
+    assert config_lib.load_config("cross_training_quick").model.name
+    with pytest.raises(config_lib.ConfigError, match="cross_training_quick"):  # lists the known names
+        config_lib.resolve_config_path("no_such_config")
+    # a path to a file elsewhere still works
+    (tmp_path / "mine.py").write_text(
+        "import ml_collections\n\ndef get_config():\n    return ml_collections.ConfigDict({'a': 1})\n"
+    )
+    assert config_lib.load_config(str(tmp_path / "mine.py"), ["a=2"]).a == 2
