@@ -96,22 +96,30 @@ def process_batch_size(global_batch: int, what: str = "batch_size") -> int:
     return global_batch // count
 
 
-def process_rows(rows: Any) -> Any:
-    """This process's block of a global batch: rows ``[k * b, (k + 1) * b)`` of ``rows``
-    (an array or index array ``[B, ...]``; ``k = jax.process_index()``, ``b = B / process
-    count``). The whole of ``rows`` in a single process.
+def process_rows(rows: Any, mesh: Mesh | None) -> Any:
+    """This process's block of a global batch ``rows`` (an array or index array
+    ``[B, ...]``) on ``mesh``: the rows :func:`shard_batch` puts on this process's
+    devices. All of ``rows`` without a mesh or when the mesh lies in this process.
 
     Every process draws the same global batch (same seed) and keeps its block, so each
-    reads only its rows, and :func:`shard_batch` puts them where one process with all
-    the devices would put them (process ``k``'s devices hold block ``k`` of a mesh from
-    :func:`make_mesh`): the result does not depend on how devices spread over processes.
+    reads only its own rows, and the global array :func:`shard_batch` assembles is
+    ``rows`` row for row, as one process with every device would see it: the result
+    does not depend on how the devices spread over processes. (For
+    :func:`make_mesh`'s meshes process ``k`` holds block ``k`` of ``B / process
+    count`` rows.)
     """
-    count = jax.process_count()
-    if count == 1:
+    if mesh is None or jax.process_count() == 1:
         return rows
-    b = process_batch_size(len(rows), "the global batch")
-    k = jax.process_index()
-    return rows[k * b : (k + 1) * b]
+    devices = list(mesh.devices.flat)
+    mine = [i for i, d in enumerate(devices) if d.process_index == jax.process_index()]
+    if not mine:
+        return rows[:0]
+    if mine != list(range(mine[0], mine[-1] + 1)):
+        raise ValueError("this process's devices are not contiguous in the mesh; build it with make_mesh")
+    if len(rows) % len(devices):
+        raise ValueError(f"a global batch of {len(rows)} does not split over the mesh's {len(devices)} devices")
+    per_device = len(rows) // len(devices)
+    return rows[mine[0] * per_device : (mine[-1] + 1) * per_device]
 
 
 def to_host(tree: Any) -> Any:

@@ -62,9 +62,10 @@ def make_optimizer():
     return optax.sgd(0.1, momentum=0.9)
 
 
-def run(mesh, rows: slice | None = None) -> dict:
-    """Trains ``STEPS`` steps; ``rows`` is this process's part of each global batch
-    (None: the whole batch, one process). Returns the results as NumPy arrays."""
+def run(mesh) -> dict:
+    """Trains ``STEPS`` steps, each process feeding its block of every global batch
+    (``parallel.process_rows``; the whole batch without a mesh). Returns the results
+    as NumPy arrays."""
     from jaxthyroid import parallel
     from jaxthyroid.train import state as state_lib
     from jaxthyroid.train import steps as steps_lib
@@ -74,7 +75,7 @@ def run(mesh, rows: slice | None = None) -> dict:
     train_step, eval_step = steps_lib.make_classifier_steps(model, mesh)
 
     def place(batch):
-        local = {k: v[rows] if rows is not None else v for k, v in batch.items()}
+        local = {k: parallel.process_rows(v, mesh) for k, v in batch.items()}
         return parallel.shard_batch(local, mesh) if mesh is not None else local
 
     losses = []
@@ -126,12 +127,7 @@ def main(argv=None) -> int:
     mesh = parallel.make_mesh()  # every process's devices
     local = jax.local_device_count()
     assert len(devices) == local * args.num_processes, (len(devices), local)
-    per_process = GLOBAL_BATCH // args.num_processes
-    # Process i feeds rows [i * per_process, (i + 1) * per_process) of each global batch
-    # (the loss is a global mean and BatchNorm uses global statistics, so the result
-    # does not depend on where in the global array those rows land).
-    first = args.process_id * per_process
-    out = run(mesh, slice(first, first + per_process))
+    out = run(mesh)
     out["num_devices"] = np.asarray(len(devices))
     tmp = args.out + f".tmp{os.getpid()}.npz"
     np.savez(tmp, **out)

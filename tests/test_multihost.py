@@ -25,6 +25,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def run_processes(commands: list[list[str]], envs: list[dict], logs: list, timeout_s: float) -> tuple[list, list]:
+    """Starts one process per command (cwd: the repository), waits for all, and returns
+    ``(exit codes, outputs)``; one failing stops the rest (it would leave them waiting at
+    a collective), as does the timeout (exit code None)."""
+    procs = [
+        subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        for cmd, env, log in zip(commands, envs, logs)
+    ]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+                p.returncode = None
+    texts = []
+    for f in logs:
+        f.seek(0)
+        texts.append(f.read())
+        f.close()
+    return [p.returncode for p in procs], texts
+
+
+def report(codes, texts) -> str:
+    return "\n".join(f"--- process {i} (exit {c}) ---\n{t[-3000:]}" for i, (c, t) in enumerate(zip(codes, texts)))
+
+
 def run_workers(tmp_path) -> list[dict]:
     port = free_port()
     env = {
@@ -35,51 +67,27 @@ def run_workers(tmp_path) -> list[dict]:
         "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
     outs = [tmp_path / f"process{i}.npz" for i in range(NUM_PROCESSES)]
-    logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(NUM_PROCESSES)]
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                os.path.join(ROOT, "tests", "multihost_worker.py"),
-                "--port",
-                str(port),
-                "--process_id",
-                str(i),
-                "--num_processes",
-                str(NUM_PROCESSES),
-                "--out",
-                str(outs[i]),
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=logs[i],
-            stderr=subprocess.STDOUT,
-        )
+    commands = [
+        [
+            sys.executable,
+            os.path.join(ROOT, "tests", "multihost_worker.py"),
+            "--port",
+            str(port),
+            "--process_id",
+            str(i),
+            "--num_processes",
+            str(NUM_PROCESSES),
+            "--out",
+            str(outs[i]),
+        ]
         for i in range(NUM_PROCESSES)
     ]
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        # One failed process leaves the other waiting at a barrier: stop both then.
-        while any(p.poll() is None for p in procs):
-            if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                break
-            time.sleep(0.2)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    texts = []
-    for f in logs:
-        f.seek(0)
-        texts.append(f.read())
-        f.close()
-    codes = [p.returncode for p in procs]
+    logs = [open(tmp_path / f"process{i}.log", "w+") for i in range(NUM_PROCESSES)]
+    codes, texts = run_processes(commands, [env] * NUM_PROCESSES, logs, TIMEOUT_S)
     if worker.GLOO_UNAVAILABLE in codes:
         pytest.skip("this jaxlib has no gloo CPU collectives: " + next(t for t in texts if "GLOO" in t)[-500:])
-    report = "\n".join(f"--- process {i} (exit {c}) ---\n{t[-3000:]}" for i, (c, t) in enumerate(zip(codes, texts)))
-    assert time.monotonic() <= deadline, f"workers did not finish within {TIMEOUT_S} s\n{report}"
-    assert codes == [0] * NUM_PROCESSES, report
+    assert None not in codes, f"workers did not finish within {TIMEOUT_S} s\n{report(codes, texts)}"
+    assert codes == [0] * NUM_PROCESSES, report(codes, texts)
     return [dict(np.load(o)) for o in outs]
 
 

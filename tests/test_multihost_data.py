@@ -66,6 +66,7 @@ def test_eval_blocks_make_the_single_process_batches(source, per, count):
 def test_process_batch_size_and_rows_in_one_process():
     assert parallel.process_batch_size(12) == 12
     rows = np.arange(10)
-    assert parallel.process_rows(rows) is rows
+    assert parallel.process_rows(rows, None) is rows
+    assert parallel.process_rows(rows, parallel.make_mesh(2)) is rows
     assert parallel.is_primary()
     assert parallel.primary_first(lambda: 7, "x") == 7
