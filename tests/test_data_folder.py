@@ -165,6 +165,7 @@ def test_bad_files_are_all_listed_and_nothing_is_written(bad_root, tmp_path):
         folder_builder.build_folder(bad_root, tmp_path / "tfds", size=SIZE, max_pixels=100_000, progress=False)
     assert len(err.value.problems) == len(BAD)
     message = str(err.value)
+    assert "--skip-bad" in message  # the CLI flag (`jaxthyroid data build folder`), not only the Python argument
     for name, reason in BAD.items():
         line = next(p for p in err.value.problems if name in p)
         assert reason in line, line

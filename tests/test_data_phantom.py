@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from tolerance import fp_tolerance
 
 pytest.importorskip("tensorflow_datasets")
 
@@ -70,10 +71,29 @@ def test_grain_batch_equals_normalised_simulator_output(built):
     idx = np.arange(phantom_builder.GENERATE_BATCH) % 8  # the build's batch shape: no recompile
     counts = phantom.simulate(phantom.example_keys(phantom_builder.split_seed(7, "test"), idx), ids[idx], size=SIZE)
     on_device = transforms.normalize_counts(counts)[:8]  # the GPU path: jnp on the device batch
-    # jnp and NumPy percentiles round differently in the last bits.
-    np.testing.assert_allclose(batch["image"], np.asarray(on_device), rtol=1e-5, atol=1e-5)
+    # The 99.5th percentile's fractional rank (~0.995·H·W) is rounded in float32 by jnp,
+    # float64 by NumPy: up to H·W·u apart in the interpolation weight, times a gap
+    # between neighbouring order statistics (<= the value): the linear bound in H·W.
+    np.testing.assert_allclose(
+        batch["image"], np.asarray(on_device), **fp_tolerance(reduction_size=SIZE * SIZE, worst_case=True)
+    )
     np.testing.assert_array_equal(batch["finding_set"], ids)
     assert "tensorflow" not in sys.modules
+
+
+def test_build_is_quiet_and_a_built_set_opens_without_a_builder(tmp_path, monkeypatch, capfd, caplog):
+    settings = dict(size=SIZE, seed=3, n_train=4, n_val=0, n_test=0)
+    path = phantom_builder.build_phantom(tmp_path, **settings)
+    out, err = capfd.readouterr()
+    for chatter in ("Using custom data configuration", "Downloading and preparing", "downloaded and prepared"):
+        assert chatter not in out + err + caplog.text
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+    def no_builder(*args, **kwargs):
+        raise AssertionError("a built data set was prepared again")
+
+    monkeypatch.setattr(phantom_builder.ThyroidSpectPhantom, "__init__", no_builder)
+    assert phantom_builder.build_phantom(tmp_path, **settings) == path
 
 
 def test_rebuild_reuses_and_failed_build_leaves_nothing(built, tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ The taxonomy is saved beside the records as ``taxonomy.json``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -27,6 +28,43 @@ from jaxthyroid import findings as findings_lib
 
 TAXONOMY_FILE = "taxonomy.json"
 SPLITS = ("train", "validation", "test")
+
+
+class QuietPrepare:
+    """Mixin for our TFDS builders: no "Downloading and preparing dataset Unknown size..."
+    and "... downloaded and prepared" lines. Nothing is downloaded (the data are
+    generated or read locally) and the build shows its own progress bar; TFDS prints
+    these two lines itself (not through logging), from the two methods replaced here.
+    """
+
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def builder_with_own_config():
+    """Around constructing a builder with a config made for the call (every phantom size
+    and split count, every folder, every synthetic set has its own): TFDS logs that as
+    an absl WARNING ("Using custom data configuration"), which here is the normal
+    case, not a problem. absl's verbosity is ERROR inside the block only.
+    """
+    from absl import logging as absl_logging
+
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(before)
+
+
+def is_built(dataset_dir) -> bool:
+    """Whether a complete TFDS data set is in ``dataset_dir`` (TFDS writes into an
+    ``incomplete.*`` folder and renames it, with ``dataset_info.json``, when done)."""
+    return os.path.isfile(os.path.join(os.fspath(dataset_dir), "dataset_info.json"))
 
 
 class DataError(ValueError):

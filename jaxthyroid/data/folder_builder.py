@@ -171,7 +171,9 @@ def plan_folder(
         items.append(Item(path, taxonomy.set_id(set_name)))
     if bad and not skip_bad:
         raise DataError(
-            f"{root}: {len(bad)} bad file(s) of {len(labelled)} (fix or remove them, or pass skip_bad=True)", bad
+            f"{root}: {len(bad)} bad file(s) of {len(labelled)} (fix or remove them, or leave them out with "
+            "--skip-bad; from Python: skip_bad=True)",
+            bad,
         )
     if not items:
         raise DataError(f"{root}: no usable images", bad or [f"{root}: no image files found"])
@@ -185,7 +187,7 @@ class FolderConfig(tfds.core.BuilderConfig):
     max_pixels: int = images_lib.DEFAULT_MAX_PIXELS
 
 
-class ThyroidFolder(tfds.core.GeneratorBasedBuilder):
+class ThyroidFolder(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):
     """A user's thyroid scintigrams (PNG/TIFF/JPEG/DICOM), resized to ``size``²."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -271,9 +273,10 @@ def build_folder(
         max_pixels=max_pixels,
         description=f"images from {os.fspath(root)}",
     )
-    builder = ThyroidFolder(plan=plan, data_dir=os.fspath(data_dir), config=config, file_format="array_record")
+    with features_lib.builder_with_own_config():
+        builder = ThyroidFolder(plan=plan, data_dir=os.fspath(data_dir), config=config, file_format="array_record")
     if plan.skipped:
-        tqdm.tqdm.write(f"skipped {len(plan.skipped)} bad file(s) (skip_bad=True); first: {plan.skipped[0]}")
+        tqdm.tqdm.write(f"skipped {len(plan.skipped)} bad file(s) (--skip-bad); first: {plan.skipped[0]}")
     tfds.display_progress_bar(progress)
     try:
         builder.download_and_prepare(

@@ -73,7 +73,7 @@ def simulate_examples(seed: int, split: str, indices, finding_set_ids, size: int
     return np.clip(np.rint(np.asarray(counts)), 0, 65535).astype(np.uint16)
 
 
-class ThyroidSpectPhantom(tfds.core.GeneratorBasedBuilder):
+class ThyroidSpectPhantom(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):
     """Simulated planar 99mTc thyroid scintigrams (DESIGN §3), raw counts."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -148,7 +148,11 @@ def build_phantom(
     Layout: ``<data_dir>/thyroid_spect_phantom/<config>/1.0.0/`` with one
     array_record file per split, ``dataset_info.json`` and ``taxonomy.json``. A build
     that fails leaves no folder there (TFDS builds in ``incomplete.*`` and renames).
+    A complete folder is returned as it is, without making a TFDS builder.
     """
+    settings = dict(size=size, n_train=n_train, n_val=n_val, n_test=n_test, cross_fraction=cross_fraction, seed=seed)
+    if features_lib.is_built(phantom_dir(data_dir, **settings)):
+        return phantom_dir(data_dir, **settings)
     name = config_name(size, cross_fraction, n_train, n_val, n_test, seed)
     if name in ThyroidSpectPhantom.builder_configs:
         config = name
@@ -162,7 +166,8 @@ def build_phantom(
             n_test=n_test,
             seed=seed,
         )
-    builder = ThyroidSpectPhantom(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
+    with features_lib.builder_with_own_config():
+        builder = ThyroidSpectPhantom(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
     # Our own tqdm bar (with a known total) replaces TFDS's bars while building.
     tfds.display_progress_bar(False)
     try:

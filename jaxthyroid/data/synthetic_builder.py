@@ -93,7 +93,7 @@ def _check(counts: np.ndarray, finding_set_ids: np.ndarray, taxonomy: findings_l
         )
 
 
-class ThyroidSynthetic(tfds.core.GeneratorBasedBuilder):
+class ThyroidSynthetic(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):
     """GAN-generated thyroid scintigrams (uint16 counts) with the labels they were generated for."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -187,19 +187,22 @@ def build_synthetic(
     ids = ids.astype(np.int64)
     final = synthetic_dir(data_dir, name)
     if os.path.exists(final) and not overwrite:
-        raise FileExistsError(f"{final} already exists; pass overwrite=True to replace it, or use another name")
+        raise FileExistsError(
+            f"{final} already exists; replace it with --overwrite (from Python: overwrite=True), or use another name"
+        )
 
     scratch_root = os.path.join(os.fspath(data_dir), NAME, f".build-{uuid.uuid4().hex[:8]}")
     try:
-        builder = ThyroidSynthetic(
-            counts=counts,
-            finding_set_ids=ids,
-            taxonomy=taxonomy,
-            origin=origin,
-            data_dir=scratch_root,
-            config=tfds.core.BuilderConfig(name=_config_name(name)),
-            file_format="array_record",
-        )
+        with features_lib.builder_with_own_config():
+            builder = ThyroidSynthetic(
+                counts=counts,
+                finding_set_ids=ids,
+                taxonomy=taxonomy,
+                origin=origin,
+                data_dir=scratch_root,
+                config=tfds.core.BuilderConfig(name=_config_name(name)),
+                file_format="array_record",
+            )
         tfds.display_progress_bar(False)
         try:
             builder.download_and_prepare()
