@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from tolerance import fp_tolerance
 
 from jaxthyroid import cli
 
@@ -111,7 +112,9 @@ def test_predict_reads_16_bit_png_and_dicom(run_dir, tmp_path, capsys):
         assert all(0.0 <= p <= 1.0 for p in r["probabilities"].values())
     # The same counts from both files: the same probabilities.
     a, b = (np.array(list(r["probabilities"].values())) for r in rows)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    # Identical inputs in one batch: only per-row vectorisation differs. Rounding through
+    # the tiny run's resnet_tiny (8 and 16 channels: <= 10 weight layers, fan-in <= 3·3·16).
+    np.testing.assert_allclose(a, b, **fp_tolerance(reduction_size=3 * 3 * 16, depth=10))
     assert cli.main(["predict", "--run", str(run_dir), str(png)]) == 0
     assert str(png) in capsys.readouterr().out
 

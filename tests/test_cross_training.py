@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerance import max_abs, network_tolerance
 
 pytest.importorskip("tensorflow_datasets")
 pytest.importorskip("grain")
@@ -101,7 +102,6 @@ def test_results_hold_three_evaluations_with_metrics(tiny_run):
 
 def test_graft_keeps_the_trained_phase1_function(tiny_run):
     run_dir, results = tiny_run
-    assert results["graft_check"]["max_abs_logit_diff"] < 1e-6
     cfg, taxonomy, plain_model, phase1 = cross_training.load_run(run_dir, "phase1")
     # Real trained weights: phase 1 moved them away from a fresh init.
     fresh = cross_training.init_variables(plain_model, jax.random.key(cfg.seed), cfg.data.size)
@@ -112,7 +112,11 @@ def test_graft_keeps_the_trained_phase1_function(tiny_run):
     images = jax.random.uniform(jax.random.key(2), (8, cfg.data.size, cfg.data.size, 1))
     a = cross_training.logits_fn(plain_model)(phase1, images)
     b = cross_training.logits_fn(cross_model)(grafted, images)
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-6, rtol=0)
+    # The zero cross terms add exactly 0; another program (the cross model's) may round
+    # differently: a forward pass's bound at the scale of the logits.
+    tol = network_tolerance(grafted["params"], scale=max_abs(a))
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=tol["atol"])
+    assert results["graft_check"]["max_abs_logit_diff"] <= tol["atol"]  # the run's own check, same bound
     # ... and phase 2 then trained the cross terms away from zero.
     _, _, _, phase2 = cross_training.load_run(run_dir, "phase2")
     expand = [

@@ -35,6 +35,7 @@ NAN = float("nan")
 
 
 def _close(a, b):
+    # metrics are ratios of small integer counts in float64: 1e-9 is far above their rounding (~1e-16)
     return (math.isnan(a) and math.isnan(b)) or abs(a - b) < 1e-9
 
 

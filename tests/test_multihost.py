@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+from tolerance import fp_tolerance, max_abs
 
 sys.path.insert(0, os.path.dirname(__file__))
 import multihost_worker as worker  # noqa: E402
@@ -100,7 +101,13 @@ def test_two_processes_train_like_one(tmp_path):
         assert set(r) - {"num_devices"} == set(reference)
         assert int(r["step"]) == worker.STEPS
         for name, want in reference.items():
-            np.testing.assert_allclose(r[name], want, rtol=1e-5, atol=1e-5, err_msg=name)
+            # 2 processes' partial sums vs 1: BatchNorm statistics and weight gradients sum
+            # GLOBAL_BATCH × SIZE² terms; STEPS steps of forward + backward through conv,
+            # BatchNorm and Dense (3 stages each way).
+            tol = fp_tolerance(
+                reduction_size=worker.GLOBAL_BATCH * worker.SIZE**2, depth=worker.STEPS * 2 * 3, scale=max_abs(want)
+            )
+            np.testing.assert_allclose(r[name], want, **tol, err_msg=name)
         assert r["eval_count"] == worker.GLOBAL_BATCH - 3  # padding masked over both processes
     # Training moved the parameters (so the comparison is not trivially of the init).
     init = worker.TinyNet().init(

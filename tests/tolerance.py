@@ -87,3 +87,20 @@ def max_abs(*arrays) -> float:
 
     leaves = [np.asarray(x) for a in arrays for x in jax.tree.leaves(a)]
     return max(float(np.max(np.abs(x))) if x.size else 0.0 for x in leaves)
+
+
+def network_tolerance(params, *, scale: float = 1.0, backward: bool = False, positions: int = 1, dtype=np.float32):
+    """:func:`fp_tolerance` for the outputs (or gradients) of a network with ``params``.
+
+    Each weight matrix or kernel (a leaf with >= 2 axes) is one rounding stage; the
+    longest sum is the largest fan-in (``kh * kw * C_in``, or ``C_in`` of a Dense). With
+    ``backward`` the stages count twice and a weight gradient's sum over ``positions``
+    (batch × output pixels of the largest layer) joins the candidates for the longest sum.
+    """
+    import jax
+
+    kernels = [x for x in jax.tree.leaves(params) if np.ndim(x) >= 2]
+    fan_in = max((math.prod(np.shape(k)[:-1]) for k in kernels), default=1)
+    n = max(fan_in, positions) if backward else fan_in
+    depth = max(len(kernels), 1) * (2 if backward else 1)
+    return fp_tolerance(dtype, reduction_size=n, depth=depth, scale=scale)
