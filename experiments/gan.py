@@ -3,13 +3,14 @@
   python experiments/gan.py --config gan_quick [--workdir DIR] [--classifier-run RUN] [--config.dcgan.epochs=10 ...]
 
 Stages (each skipped when finished, resumed when interrupted), under WORKDIR:
-  dcgan/        conditional DCGAN (samples_epoch<k>.png)
-  srgan/        SRResNet pre-training + SRGAN (sr_comparison.png)
+  dcgan/        conditional DCGAN (samples_step<k>.png)
+  srgan/        SRResNet pre-training + SRGAN (sr_comparison.png; PSNR/SSIM against the
+                noisy and the noise-free high-resolution test images)
   samples.png   generated images, one row per finding set
   classifier/   plain ResNet on real images only (unless --classifier-run is given)
   result.json   everything printed at the end
 
-This script only composes library calls (jaxthyroid.augmentation, cross_training).
+This script only composes library calls (jaxthyroid.gan, cross_training).
 """
 
 import argparse
@@ -57,9 +58,11 @@ def main(argv=None):
     p.add_argument("--classifier-run", default=None, help="a cross-training run dir whose plain phase to reuse")
     args, overrides = p.parse_known_args(argv)
 
-    from jaxthyroid import augmentation
     from jaxthyroid import config as config_lib
     from jaxthyroid.data import features, phantom_builder
+    from jaxthyroid.gan import dcgan as gan_dcgan
+    from jaxthyroid.gan import generate, quality
+    from jaxthyroid.gan import srgan as gan_srgan
 
     cfg = config_lib.load_config(args.config, [o.removeprefix("--config.") for o in overrides])
     workdir = pathlib.Path(args.workdir or cfg.workdir).absolute()
@@ -81,25 +84,30 @@ def main(argv=None):
     times["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    dcgan = augmentation.train_dcgan(cfg.dcgan, train, workdir / "dcgan", seed=cfg.seed)
+    dcgan = gan_dcgan.train_dcgan(cfg.dcgan, train, workdir / "dcgan", seed=cfg.seed)
     times["dcgan_s"] = time.perf_counter() - t
     print(
-        f"DCGAN: {dcgan['epochs']} epochs, {dcgan['steps']} steps, {dcgan['images_per_s']:.0f} img/s, "
+        f"DCGAN: {dcgan['steps']} steps ({dcgan['images_seen']} images seen), {dcgan['images_per_s']:.0f} img/s, "
         f"d_loss {dcgan['final_d_loss']:.3f}, g_loss {dcgan['final_g_loss']:.3f}",
         flush=True,
     )
 
     t = time.perf_counter()
-    sr = augmentation.train_srgan(cfg.srgan, train, test, workdir / "srgan", seed=cfg.seed, hr_size=d.size)
+    sr = gan_srgan.train_srgan(
+        cfg.srgan, train, test, workdir / "srgan", seed=cfg.seed, hr_size=d.size, phantom_seed=cfg.seed
+    )
     times["srgan_s"] = time.perf_counter() - t
     print(f"\nSuper-resolution ×{sr['scale']} ({sr['lr_size']}² -> {sr['hr_size']}²), {sr['eval_images']} test images:")
-    print("  method     PSNR (dB)  SSIM")
-    for k in sr["psnr"]:
-        print(f"  {k:<9}  {sr['psnr'][k]:9.2f}  {sr['ssim'][k]:.4f}")
+    print("  method     PSNR (dB) / SSIM vs noisy HR   vs noise-free HR")
+    clean_p, clean_s = sr.get("psnr_clean", {}), sr.get("ssim_clean", {})
+    for k in list(sr["psnr"]) + (["hr_noisy"] if clean_p else []):
+        noisy = f"{sr['psnr'][k]:9.2f} / {sr['ssim'][k]:.4f}" if k in sr["psnr"] else f"{'-':>9} / {'-':>6}"
+        clean = f"{clean_p[k]:9.2f} / {clean_s[k]:.4f}" if k in clean_p else "-"
+        print(f"  {k:<9}  {noisy}        {clean}")
 
     t = time.perf_counter()
     gan_cfg = ml_collections.ConfigDict({"dcgan": cfg.dcgan.to_dict(), "srgan": cfg.srgan.to_dict()})
-    images, ids = augmentation.generate(
+    images, ids = generate.generate(
         workdir / "dcgan",
         workdir / "srgan",
         gan_cfg,
@@ -119,21 +127,27 @@ def main(argv=None):
     times["classifier_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    quality = augmentation.generation_quality(model, variables, images, ids, train, test, taxonomy=taxonomy)
+    judged = quality.generation_quality(model, variables, images, ids, train, test, taxonomy=taxonomy)
+    judged["gate"] = verdict = quality.quality_gate(judged)
+    quality.write_verdict(workdir, verdict)
     times["quality_s"] = time.perf_counter() - t
     print(f"\nGenerated images ({len(ids)}), judged by a classifier trained on real images only:")
     print(
-        f"  agreement with the conditioned finding set: {quality['agreement']:.3f} "
-        f"(the classifier on real test images: {quality['real_test_agreement']:.3f}, chance 1/12)"
+        f"  agreement with the conditioned finding set: {judged['agreement']:.3f} "
+        f"(the classifier on real test images: {judged['real_test_agreement']:.3f}, chance 1/12)"
     )
     print(
-        f"  Fréchet distance ({quality['feature_space']}, {quality['feature_dim']}-d): generated vs real test "
-        f"{quality['frechet_generated_vs_real']:.3f}; real train vs real test {quality['frechet_real_vs_real']:.3f}"
+        f"  Fréchet distance ({judged['feature_space']}, {judged['feature_dim']}-d): generated vs real test "
+        f"{judged['frechet_generated_vs_real']:.3f}; real train vs real test {judged['frechet_real_vs_real']:.3f}"
     )
-    print("  per finding set: " + ", ".join(f"{k} {v:.2f}" for k, v in quality["agreement_per_set"].items()))
+    print("  per finding set: " + ", ".join(f"{k} {v:.2f}" for k, v in judged["agreement_per_set"].items()))
+    if verdict["passed"]:
+        print("  quality gate: passed")
+    else:
+        quality.warn_failing(verdict)
     print("\nwall times: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in times.items()))
 
-    result = {"dcgan": dcgan, "srgan": sr, "quality": quality, "times": times}
+    result = {"dcgan": dcgan, "srgan": sr, "quality": judged, "times": times}
     (workdir / "result.json").write_text(json.dumps(result, indent=2, default=float))
     print(f"results: {workdir / 'result.json'}")
     return result

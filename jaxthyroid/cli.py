@@ -140,9 +140,9 @@ def _cmd_predict(args) -> None:
 
 # --------------------------------------------------------------------------- augment
 def _cmd_augment(args) -> None:
-    from jaxthyroid import augmentation
+    from jaxthyroid.gan import generate
 
-    augmentation.augment_command(args)
+    generate.augment_command(args)
 
 
 # --------------------------------------------------------------------------- reproduce / demo

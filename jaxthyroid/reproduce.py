@@ -124,14 +124,22 @@ def _stage_data(cfg, seed):
 
 def _stage_gan(cfg, seed, data_dir):
     def stage(directory):
-        from jaxthyroid import augmentation
         from jaxthyroid.data import features
+        from jaxthyroid.gan import dcgan as gan_dcgan
+        from jaxthyroid.gan import srgan as gan_srgan
 
         train = features.load_source(data_dir, "train")
         test = features.load_source(data_dir, "test")
-        dcgan = augmentation.train_dcgan(cfg.gan.dcgan, train, directory / "dcgan", seed=seed)
-        srgan = augmentation.train_srgan(
-            cfg.gan.srgan, train, test, directory / "srgan", seed=seed, hr_size=cfg.classifier.data.size
+        dcgan = gan_dcgan.train_dcgan(cfg.gan.dcgan, train, directory / "dcgan", seed=seed)
+        # The phantom was built with this seed (_stage_data): SR is also scored against its noise-free images.
+        srgan = gan_srgan.train_srgan(
+            cfg.gan.srgan,
+            train,
+            test,
+            directory / "srgan",
+            seed=seed,
+            hr_size=cfg.classifier.data.size,
+            phantom_seed=seed,
         )
         return {"dcgan": dcgan, "srgan": srgan}
 
@@ -140,10 +148,10 @@ def _stage_gan(cfg, seed, data_dir):
 
 def _stage_synthetic(cfg, seed, gan_dir):
     def stage(directory):
-        from jaxthyroid import augmentation
         from jaxthyroid.data import synthetic_builder
+        from jaxthyroid.gan import generate
 
-        images, ids = augmentation.generate(
+        images, ids = generate.generate(
             gan_dir / "dcgan",
             gan_dir / "srgan",
             cfg.gan,
@@ -201,7 +209,7 @@ def _stage_ablations(cfg, seed, synthetic_dir):
         }
         _reuse_phase1(classifier_config(cfg, directory.parent / "classifier" / "full", seed, **gan), runs["no_cross"])
         result = {name: _run_classifier(c) for name, c in runs.items()}
-        result["gan_quality"] = _gan_quality(directory / "no_gan", synthetic_dir)
+        result["gan_quality"] = _gan_quality(directory / "no_gan", synthetic_dir, gan_dir=directory.parent / "gan")
         return result
 
     return stage
@@ -218,20 +226,30 @@ def _reuse_phase1(done_run, run) -> None:
         shutil.copytree(source, target)
 
 
-def _gan_quality(real_only_run: pathlib.Path, synthetic_dir: str) -> dict:
-    """How a classifier trained on real images only (the no-GAN run's final,
-    phase-2 model, which has seen single- and cross-feature images) sees the
-    generated images: agreement and Fréchet distance."""
-    from jaxthyroid import augmentation, cross_training
+def _gan_quality(real_only_run: pathlib.Path, synthetic_dir: str, *, which: str = "phase2", gan_dir=None) -> dict:
+    """How a classifier trained on real images only (phase ``which`` of the run
+    ``real_only_run``; it should have seen single- and cross-feature images and be
+    trained to convergence) sees the generated images: agreement, Fréchet distance,
+    the judge's own accuracy, and the quality gate's verdict (``gate``). A failed
+    gate is announced loudly and kept in ``<gan_dir>/quality.json`` when given."""
+    from jaxthyroid import cross_training
     from jaxthyroid.data import features
+    from jaxthyroid.gan import quality as gan_quality
 
-    run_cfg, taxonomy, model, variables = cross_training.load_run(real_only_run, "phase2")
+    run_cfg, taxonomy, model, variables = cross_training.load_run(real_only_run, which)
     data = cross_training.load_data(run_cfg.data, seed=run_cfg.seed)
     synthetic = features.load_source(synthetic_dir, "train")
     records = [synthetic[i] for i in range(len(synthetic))]
     images = np.stack([r["image"] for r in records]).astype(np.float32)
     ids = np.asarray([int(r["finding_set"]) for r in records], np.int32)
-    return augmentation.generation_quality(model, variables, images, ids, data.train, data.test, taxonomy=taxonomy)
+    result = gan_quality.generation_quality(model, variables, images, ids, data.train, data.test, taxonomy=taxonomy)
+    result["gate"] = gan_quality.quality_gate(result)
+    result["judge_run"] = str(real_only_run)
+    if gan_dir is not None:
+        gan_quality.write_verdict(gan_dir, result["gate"])
+    if not result["gate"]["passed"]:
+        gan_quality.warn_failing(result["gate"])
+    return result
 
 
 def _stage_baselines(cfg, seed, synthetic_dir):

@@ -1,5 +1,6 @@
-"""GAN augmentation: DCGAN/SRGAN training with resume, generation, the synthetic set,
-image-quality and Fréchet helpers. Tiny models on 32 in-memory records."""
+"""GAN augmentation (jaxthyroid.gan): DCGAN/SRGAN training with resume, generation, the
+synthetic set, image-quality and Fréchet helpers, the quality gate. Tiny models on 32
+in-memory records."""
 
 import json
 import time
@@ -9,8 +10,10 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxthyroid import augmentation, findings, metrics
+from jaxthyroid import findings, metrics
 from jaxthyroid.data import features
+from jaxthyroid.gan import budget, dcgan, generate, quality, srgan
+from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import resnet
 
 TAX = findings.DEFAULT
@@ -65,33 +68,34 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("gan")
     train, test = records(32, 0), records(12, 1)
     cfg = gan_cfg()
-    dcgan_summary = augmentation.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
-    srgan_summary = augmentation.train_srgan(cfg.srgan, train, test, root / "srgan", seed=0, hr_size=32)
+    dcgan_summary = dcgan.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
+    srgan_summary = srgan.train_srgan(cfg.srgan, train, test, root / "srgan", seed=0, hr_size=32)
     return root, cfg, train, test, dcgan_summary, srgan_summary
 
 
 def test_train_dcgan_writes_checkpoints_logs_and_samples(trained):
     root, cfg, *_, summary, _ = trained
     d = root / "dcgan"
-    assert summary["epochs"] == 2 and summary["steps"] == 2 * (32 // 8)
+    # epochs=2 is converted up front to a budget of 2 x 32 // 8 steps.
+    assert summary["epochs"] == 2 and summary["steps"] == 2 * (32 // 8) and summary["images_seen"] == 64
     assert np.isfinite(summary["final_d_loss"]) and np.isfinite(summary["final_g_loss"])
     assert (d / "checkpoints" / "latest" / str(summary["steps"])).is_dir()
     events = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in events] == [1, 2]
-    assert (d / "samples_epoch2.png").stat().st_size > 1000
+    assert [(e["event"], e["epoch"], e["step"]) for e in events] == [("epoch", 1, 4), ("epoch", 2, 8)]
+    assert (d / "samples_step8.png").stat().st_size > 1000
 
 
 def test_finished_dcgan_returns_at_once_and_resume_restores(trained):
     root, cfg, train, *_ = trained
     summary = json.loads((root / "dcgan" / "done.json").read_text())
     t = time.perf_counter()
-    again = augmentation.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
+    again = dcgan.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
     assert again == summary and time.perf_counter() - t < 2.0
-    # Without the done marker a rerun resumes from the last checkpoint (epoch 2 of 2: no step left).
+    # Without the done marker a rerun resumes from the last checkpoint (step 8 of 8: no step left).
     (root / "dcgan" / "done.json").rename(root / "dcgan" / "done.bak")
     try:
-        resumed = augmentation.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
-        assert resumed["resumed_from_epoch"] == 2 and resumed["steps"] == summary["steps"]
+        resumed = dcgan.train_dcgan(cfg.dcgan, train, root / "dcgan", seed=0)
+        assert resumed["resumed_from_step"] == 8 and resumed["steps"] == summary["steps"]
         events = [json.loads(line) for line in (root / "dcgan" / "metrics.jsonl").read_text().splitlines()]
         assert len(events) == 2  # nothing re-logged
     finally:
@@ -102,7 +106,7 @@ def test_finished_dcgan_returns_at_once_and_resume_restores(trained):
     (root / "dcgan" / "done.json").rename(root / "dcgan" / "done.bak")
     try:
         with pytest.raises(ValueError, match="another config"):
-            augmentation.train_dcgan(other, train, root / "dcgan", seed=0)
+            dcgan.train_dcgan(other, train, root / "dcgan", seed=0)
     finally:
         (root / "dcgan" / "done.bak").replace(root / "dcgan" / "done.json")
 
@@ -118,13 +122,13 @@ def test_train_srgan_scores_and_figure(trained):
     assert (root / "srgan" / "pretrain" / "checkpoints" / "latest").is_dir()
     assert (root / "srgan" / "gan" / "checkpoints" / "latest").is_dir()
     t = time.perf_counter()
-    assert augmentation.train_srgan(gan_cfg().srgan, [], [], root / "srgan", seed=0, hr_size=32) == summary
+    assert srgan.train_srgan(gan_cfg().srgan, [], [], root / "srgan", seed=0, hr_size=32) == summary
     assert time.perf_counter() - t < 2.0
 
 
 def test_generate_shapes_ids_range(trained, tmp_path):
     root, cfg, *_ = trained
-    images, ids = augmentation.generate(
+    images, ids = generate.generate(
         root / "dcgan", root / "srgan", cfg, per_set=PER_SET, seed=3, samples_path=tmp_path / "samples.png"
     )
     n = TAX.num_sets * PER_SET
@@ -133,7 +137,7 @@ def test_generate_shapes_ids_range(trained, tmp_path):
     assert images.min() >= 0.0 and images.max() <= 1.0 and images.std() > 0
     assert (tmp_path / "samples.png").stat().st_size > 1000
     # Same seed, same images; the saved configs stand in for gan_cfg.
-    again, _ = augmentation.generate(root / "dcgan", root / "srgan", None, per_set=PER_SET, seed=3)
+    again, _ = generate.generate(root / "dcgan", root / "srgan", None, per_set=PER_SET, seed=3)
     np.testing.assert_allclose(again, images, atol=1e-6)
 
 
@@ -142,7 +146,7 @@ def test_augment_labels_round_trip(trained, tmp_path):
     from jaxthyroid.data import synthetic_builder
 
     root, cfg, *_ = trained
-    path = augmentation.augment(
+    path = generate.augment(
         root / "dcgan", root / "srgan", cfg, per_set=PER_SET, data_dir=tmp_path, name="test_aug", seed=0
     )
     src = synthetic_builder.synthetic_source(path)
@@ -182,13 +186,39 @@ def test_generation_quality_keys_and_floor(trained):
     root, cfg, train, test, *_ = trained
     model = resnet.ResNetTiny(num_classes=TAX.num_findings)
     variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 1), np.float32), train=False)
-    images, ids = augmentation.real_images(train, 32)  # "generated" = real train images: agreement is
-    q = augmentation.generation_quality(model, variables, images, ids, train, test, taxonomy=TAX)
+    images, ids = images_lib.real_images(train, 32)  # "generated" = real train images: agreement is
+    q = quality.generation_quality(model, variables, images, ids, train, test, taxonomy=TAX)
     assert q["feature_space"] == "head_input" and q["feature_dim"] == 16
     assert 0.0 <= q["agreement"] <= 1.0 and set(q["agreement_per_set"]) <= {TAX.folder_name(s) for s in range(12)}
     # Generated = real train (renormalised once more): its distance to test is the real-vs-real floor.
     np.testing.assert_allclose(q["frechet_generated_vs_real"], q["frechet_real_vs_real"], rtol=0.1)
-    shifted = augmentation.generation_quality(
+    shifted = quality.generation_quality(
         model, variables, np.clip(images * 0.3, 0, 1) ** 3, ids, train, test, taxonomy=TAX
     )
     assert shifted["frechet_generated_vs_real"] > q["frechet_real_vs_real"]
+
+
+def test_step_budget_from_steps_or_epochs():
+    cfg = ml_collections.ConfigDict(dict(steps=30, epochs=99))
+    assert budget.steps_of(cfg, "", 7) == 30  # steps win
+    assert budget.steps_of(ml_collections.ConfigDict(dict(epochs=3)), "", 7) == 21
+    srgan_cfg = ml_collections.ConfigDict(dict(pretrain_epochs=2, gan_steps=0))
+    assert budget.steps_of(srgan_cfg, "pretrain", 5) == 10 and budget.steps_of(srgan_cfg, "gan", 5) == 0
+    with pytest.raises(ValueError, match="steps"):
+        budget.steps_of(ml_collections.ConfigDict(), "", 5)
+
+
+def test_quality_gate_thresholds(tmp_path, capsys):
+    good = {"agreement": 0.7, "real_test_agreement": 0.9, "frechet_generated_vs_real": 0.5, "frechet_real_vs_real": 0.2}
+    verdict = quality.quality_gate(good)
+    assert verdict["passed"] and verdict["reasons"] == [] and verdict["frechet_ratio"] == pytest.approx(2.5)
+    # Agreement below half the judge's accuracy fails; so does a Fréchet distance over 10x the floor.
+    low = quality.quality_gate({**good, "agreement": 0.44})
+    far = quality.quality_gate({**good, "frechet_generated_vs_real": 2.01})
+    assert not low["passed"] and "agreement" in low["reasons"][0]
+    assert not far["passed"] and "Fréchet" in far["reasons"][0]
+    assert quality.quality_gate({**good, "agreement": 0.45})["passed"]
+    quality.write_verdict(tmp_path, far)
+    assert quality.read_verdict(tmp_path) == far and quality.read_verdict(tmp_path / "none") is None
+    quality.warn_failing(far)
+    assert "FAIL THE QUALITY GATE" in capsys.readouterr().err

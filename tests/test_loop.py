@@ -17,6 +17,7 @@ import optax
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+import gan_tiny  # noqa: E402
 import train_tiny  # noqa: E402
 
 from jaxthyroid.train import loop  # noqa: E402
@@ -196,3 +197,49 @@ def test_restore_errors(tiny, reference, tmp_path):
     shutil.rmtree(broken / "checkpoints/latest/18/state")
     with pytest.raises(CheckpointError, match="18"):
         loop.restore_state(broken, tiny["fresh"]())
+
+
+@pytest.mark.parametrize(
+    "kind, hang_at, hang_seed, checkpoint",
+    [
+        # DCGAN: 4 steps an epoch, checkpoints every 3: killed before global batch 3,
+        # after the mid-epoch checkpoint at step 3; 6 steps end mid-epoch 2 (the budget).
+        ("dcgan", 3, 0, "checkpoints/latest/3"),
+        # SRGAN: pre-training finished, the GAN phase (batch seed 1) killed after its
+        # mid-epoch checkpoint at step 2.
+        ("srgan", 2, 1, "gan/checkpoints/latest/2"),
+    ],
+)
+def test_gan_sigkill_then_resume_is_bit_identical(kind, hang_at, hang_seed, checkpoint, tmp_path):
+    """The classifier's resume guarantee, through the same loop, for the GAN trainings."""
+    reference = tmp_path / "uninterrupted"
+    gan_tiny.run(kind, reference)
+    killed = tmp_path / "killed"
+    child = subprocess.Popen(
+        [sys.executable, str(REPO / "tests/gan_tiny.py"), kind, str(killed), "--hang-at", str(hang_at)]
+        + ["--hang-seed", str(hang_seed)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.time() + 240
+    while not (killed / checkpoint).exists():
+        if child.poll() is not None:
+            pytest.fail(f"training subprocess exited early:\n{child.stdout.read().decode()[-3000:]}")
+        if time.time() > deadline:
+            child.kill()
+            pytest.fail("no mid-epoch checkpoint appeared")
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+    assert not (killed / "done.json").exists()
+
+    summary = gan_tiny.run(kind, killed)  # resumes from the checkpoint
+    phase = summary if kind == "dcgan" else summary["gan"]
+    assert phase["resumed_from_step"] == hang_at and phase["steps"] == (6 if kind == "dcgan" else 3)
+    _assert_identical(gan_tiny.final_params(kind, killed), gan_tiny.final_params(kind, reference))
+    logs = ["."] if kind == "dcgan" else ["pretrain", "gan"]
+    for sub in logs:  # the same events, none duplicated after the checkpoint
+        assert read_metrics(killed / sub) == read_metrics(reference / sub)

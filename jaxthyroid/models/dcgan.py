@@ -20,7 +20,12 @@ Conditional variant (``num_classes > 0``): the label is a finding-set id (an ind
 into ``findings.DEFAULT.finding_sets``, 12 of them), so one generator makes every
 finding set, single or cross. G concatenates a learned label embedding to z; D adds
 a projection term ``<embed(y), sum_hw h>`` on its last feature map (Miyato &
-Koyama 2018), which keeps D's unconditional path unchanged.
+Koyama 2018), which keeps D's unconditional path unchanged. Two options make the
+label's signal as strong as the noise's (DESIGN §7): ``label_std`` initialises G's
+embedding at that scale (z is N(0, 1); flax's default embedding is ~N(0, 1/embed_dim)),
+and ``conditional_norm`` gives every G BatchNorm a per-class gain and shift
+(conditional BatchNorm, de Vries et al. 2017: ``BN(x)·(1 + γ_y) + β_y``, γ and β
+zero at init so a fresh G computes what the plain one does).
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class Generator(nn.Module):
         opposite of the wide layers (0.6–1.4 s vs 6.5–10 s). With ``conv_im2col`` too:
         26 ms for the transposed conv vs 103–175 ms as im2col sub-pixel convs
         (``benchmarks/conv_grad.py``).
+      label_std: the label embedding's initial standard deviation (None: flax's default).
+      conditional_norm: per-class gain and shift after every BatchNorm (conditional only).
       axis_name: BatchNorm statistics are averaged over this mesh axis (set by the
         data-parallel train step so BN sees the global batch).
     """
@@ -83,6 +90,8 @@ class Generator(nn.Module):
     ngf: int = 64
     num_classes: int = 0
     embed_dim: int = 50
+    label_std: float | None = None
+    conditional_norm: bool = False
     fast_upsample: bool = True
     sub_pixel_min_features: int = 16
     # Convs as im2col matmuls (same parameters and values): XLA:CPU runs some conv
@@ -110,10 +119,22 @@ class Generator(nn.Module):
         if self.num_classes:
             if finding_set is None:
                 raise ValueError("conditional Generator needs finding_set [batch] int ids")
-            label = nn.Embed(self.num_classes, self.embed_dim, param_dtype=self.param_dtype, name="label_embed")(
-                finding_set
-            )
+            embed_init = {} if self.label_std is None else {"embedding_init": nn.initializers.normal(self.label_std)}
+            label = nn.Embed(
+                self.num_classes, self.embed_dim, param_dtype=self.param_dtype, name="label_embed", **embed_init
+            )(finding_set)
             z = jnp.concatenate([z, label.astype(z.dtype)], axis=-1)
+        plain_norm = norm
+        if self.num_classes and self.conditional_norm:
+
+            def norm():  # BN(x)·(1 + γ_y) + β_y, γ = β = 0 at init
+                def apply(x):
+                    features = x.shape[-1]
+                    gain = nn.Embed(self.num_classes, 2 * features, embedding_init=nn.initializers.zeros)(finding_set)
+                    gamma, beta = jnp.split(gain.astype(x.dtype)[:, None, None, :], 2, axis=-1)
+                    return plain_norm()(x) * (1.0 + gamma) + beta
+
+                return apply
 
         features = self.ngf * 2 ** (n - 1)
         if self.fast_upsample:

@@ -104,8 +104,10 @@ def create_srgan_state(
     h, w, c = lr_shape
     if generator_state is None:
         generator_state = create_state(generator, g_key, g_tx or srgan_optimizer(), jnp.zeros((1, h, w, c)))
-    elif g_tx is not None:
-        generator_state = generator_state.replace(tx=g_tx, opt_state=g_tx.init(generator_state.params))
+    elif g_tx is not None:  # a fresh optimiser: its step count starts again at 0
+        generator_state = generator_state.replace(
+            step=jnp.zeros_like(generator_state.step), tx=g_tx, opt_state=g_tx.init(generator_state.params)
+        )
     hr = jnp.zeros((1, h * generator.scale, w * generator.scale, c))
     return GANState(
         generator=generator_state, discriminator=create_state(discriminator, d_key, d_tx or srgan_optimizer(), hr)

@@ -1,4 +1,9 @@
-"""The classifier training loop: epochs, evaluation, checkpoints, logs, resume.
+"""The training loop of every model: steps, evaluation, checkpoints, logs, resume.
+
+Classifier phases, the DCGAN, SRResNet pre-training and SRGAN all train through
+:func:`fit`; a model family brings a train step, a state, the metrics it reports
+(``metric_keys``) and an evaluation (``eval_step`` + ``eval_batches`` for classifiers,
+``on_epoch_end`` for anything else, e.g. a sample grid).
 
 ``fit`` resumes from ``<workdir>/checkpoints/latest`` when it holds a checkpoint and
 continues bit-identically: the train state, the train iterator's position (its own
@@ -177,8 +182,12 @@ def fit(
     log_every: int = 50,
     on_epoch_end: Callable[[int, Any, dict], None] | None = None,
     phase: str | None = None,
+    max_steps: int | None = None,
+    metric_keys: tuple[str, ...] = ("loss", "exact_match"),
+    place_batch: Callable[[dict], Any] | None = None,
 ) -> tuple[Any, list[dict]]:
-    """Trains for ``num_epochs`` epochs, evaluating and checkpointing after each.
+    """Trains for ``num_epochs`` epochs (or ``max_steps`` steps), evaluating and
+    checkpointing after each epoch.
 
     Args:
       state: the initial TrainState (replaced by the latest checkpoint when resuming).
@@ -200,6 +209,14 @@ def fit(
       log_every: steps between train log events (also the NaN check interval).
       on_epoch_end: called as ``on_epoch_end(epoch, state, record)`` (epoch from 1).
       phase: a name written into every log event (``'phase1'``).
+      max_steps: the optimiser-step budget: training stops after this many steps (the
+        epoch it ends in is closed early: evaluated, checkpointed, in the history).
+        None: ``num_epochs`` full epochs.
+      metric_keys: the train step's scalar metrics that are averaged into the logs and
+        the history (``train_<key>``); a ``finite`` metric, when present, is the NaN
+        check, else every one of these keys must be finite.
+      place_batch: host batch -> the step's batch argument (default: with a ``mesh``,
+        ``image`` and ``findings`` sharded over it; without one, the batch as is).
 
     Returns:
       ``(state, history)``; history holds one dict per epoch: ``epoch``, ``step``,
@@ -214,7 +231,16 @@ def fit(
     logger = log_lib.MetricsLogger(workdir, phase=phase)
     history: list[dict] = []
     start_epoch, in_epoch, data_state = 0, 0, None
-    sums = {"loss": 0.0, "exact_match": 0.0, "count": 0}
+    metric_keys = tuple(metric_keys)
+
+    def zero_sums() -> dict:
+        return {**{k: 0.0 for k in metric_keys}, "count": 0}
+
+    sums = zero_sums()
+    if place_batch is None and mesh is not None:
+
+        def place_batch(batch):
+            return parallel.shard_batch({k: batch[k] for k in ("image", "findings")}, mesh)
 
     if checkpoints.latest_step() is not None:
         state, data_state, loop = checkpoints.restore(state, which="latest")
@@ -251,20 +277,23 @@ def fit(
             return None
         fetched = jax.device_get([m for _, m in pending])
         for (s, _), m in zip(pending, fetched):
-            finite = bool(m["finite"]) if "finite" in m else bool(np.isfinite(m["loss"]))
+            if "finite" in m:
+                finite = bool(m["finite"])
+            else:
+                finite = all(bool(np.isfinite(m[k])) for k in metric_keys)
             if not finite:
                 pending.clear()
-                diverge(s, epoch_now, float(m["loss"]))
-        window = {k: float(np.mean([m[k] for m in fetched])) for k in ("loss", "exact_match")}
-        sums["loss"] += float(sum(m["loss"] for m in fetched))
-        sums["exact_match"] += float(sum(m["exact_match"] for m in fetched))
+                diverge(s, epoch_now, {k: float(m[k]) for k in metric_keys})
+        window = {k: float(np.mean([m[k] for m in fetched])) for k in metric_keys}
+        for k in metric_keys:
+            sums[k] += float(sum(m[k] for m in fetched))
         sums["count"] += len(fetched)
         pending.clear()
         return window
 
-    def diverge(bad_step: int, epoch_now: int, loss: float):
+    def diverge(bad_step: int, epoch_now: int, values: dict):
         last = checkpoints.latest_step()
-        logger.write("diverged", step=bad_step, epoch=epoch_now + 1, loss=loss)
+        logger.write("diverged", step=bad_step, epoch=epoch_now + 1, **values)
         logger.close()
         checkpoints.close()
         where = (
@@ -275,7 +304,8 @@ def fit(
         )
         raise TrainingDiverged(
             f"training diverged: loss or gradients are NaN/Inf at step {bad_step} "
-            f"(epoch {epoch_now + 1}, loss={loss}); nothing after it was saved and {where}. "
+            f"(epoch {epoch_now + 1}, {', '.join(f'{k}={v}' for k, v in values.items())}); "
+            f"nothing after it was saved and {where}. "
             "Lower the learning rate or inspect that step's batch.",
             step=bad_step,
             last_good_step=last,
@@ -283,18 +313,22 @@ def fit(
 
     try:
         for epoch in range(start_epoch, num_epochs):
+            if max_steps is not None and step >= max_steps:
+                break
             it = _epoch_iterator(train_batches, epoch, in_epoch, data_state)
             total = steps_per_epoch
             bar = log_lib.progress_bar(
                 total, desc=f"{phase + ' ' if phase else ''}epoch {epoch + 1}/{num_epochs}", initial=in_epoch
             )
             while steps_per_epoch is None or in_epoch < steps_per_epoch:
+                if max_steps is not None and step >= max_steps:
+                    break
                 try:
                     batch = next(it)
                 except StopIteration:
                     break
-                if mesh is not None:
-                    batch = parallel.shard_batch({k: batch[k] for k in ("image", "findings")}, mesh)
+                if place_batch is not None:
+                    batch = place_batch(batch)
                 state, metrics = train_step(state, batch, key)
                 step += 1
                 in_epoch += 1
@@ -307,8 +341,8 @@ def fit(
                 if log_every and step % log_every == 0:
                     window = flush(epoch)
                     logger.write("train", step=step, epoch=epoch + 1, **window)
-                    bar.set_postfix(loss=f"{window['loss']:.4f}", acc=f"{window['exact_match']:.3f}")
-                epoch_done = steps_per_epoch is not None and in_epoch == steps_per_epoch
+                    bar.set_postfix({k: f"{v:.4f}" for k, v in list(window.items())[:3]})
+                epoch_done = (steps_per_epoch is not None and in_epoch == steps_per_epoch) or step == max_steps
                 if checkpoint_every_steps and step % checkpoint_every_steps == 0 and not epoch_done:
                     flush(epoch)  # never save past a NaN
                     checkpoints.save(step, state, data=_iterator_state(it), loop=loop_position(epoch, in_epoch))
@@ -318,8 +352,7 @@ def fit(
             record = {
                 "epoch": epoch + 1,
                 "step": step,
-                "train_loss": sums["loss"] / max(sums["count"], 1),
-                "train_exact_match": sums["exact_match"] / max(sums["count"], 1),
+                **{f"train_{k}": sums[k] / max(sums["count"], 1) for k in metric_keys},
             }
             if eval_batches is not None and eval_step is not None:
                 record.update(evaluate(state, eval_step, eval_batches, mesh=mesh, eval_fn=eval_fn))
@@ -329,9 +362,16 @@ def fit(
                     epoch=epoch + 1,
                     **{k: v for k, v in record.items() if k not in ("epoch", "step")},
                 )
+            else:  # no evaluation: the epoch's train means are its record in the logs
+                logger.write(
+                    "epoch",
+                    step=step,
+                    epoch=epoch + 1,
+                    **{k: v for k, v in record.items() if k not in ("epoch", "step")},
+                )
             history.append(record)
             log.info("epoch %d: %s", epoch + 1, record)
-            in_epoch, sums = 0, {"loss": 0.0, "exact_match": 0.0, "count": 0}
+            in_epoch, sums = 0, zero_sums()
             position = loop_position(epoch + 1, 0)
             checkpoints.save(step, state, data={"kind": "none"}, loop=position)
             value = record.get(best_metric)

@@ -1,0 +1,161 @@
+"""The class-conditional DCGAN: training (through the one loop), restoring, sampling.
+
+One generator makes every finding set (12 ids of ``findings.DEFAULT``, single and
+cross), trained on real images at ``image_size`` (DESIGN §1, point 1).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from jaxthyroid import findings as findings_lib
+from jaxthyroid import report, run_files, xla_options
+from jaxthyroid.gan import budget
+from jaxthyroid.gan import images as images_lib
+from jaxthyroid.models import dcgan
+from jaxthyroid.train import gan_steps
+from jaxthyroid.train.state import init_key, variables_of
+
+DONE_FILE = "done.json"
+CONFIG_FILE = "config.json"
+METRICS = ("d_loss", "g_loss", "real_score", "fake_score")
+
+
+def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
+    """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set.
+
+    Optional keys: ``label_std`` and ``conditional_norm`` (G's conditioning strength,
+    :class:`jaxthyroid.models.dcgan.Generator`), ``fast_upsample`` (default True),
+    ``conv_im2col`` (default None: im2col convs on the CPU backend only).
+    """
+    g = dcgan.Generator(
+        channels=1,
+        image_size=cfg.image_size,
+        nz=cfg.nz,
+        ngf=cfg.ngf,
+        num_classes=taxonomy.num_sets,
+        label_std=cfg.get("label_std", None),
+        conditional_norm=cfg.get("conditional_norm", False),
+        fast_upsample=cfg.get("fast_upsample", True),
+        conv_im2col=cfg.get("conv_im2col", None),
+    )
+    d = dcgan.Discriminator(
+        image_size=cfg.image_size, ndf=cfg.ndf, num_classes=taxonomy.num_sets, conv_im2col=cfg.get("conv_im2col", None)
+    )
+    return g, d
+
+
+def _template(cfg, key):
+    g, d = dcgan_models(cfg)
+    tx = lambda: gan_steps.dcgan_optimizer(cfg.learning_rate)  # noqa: E731
+    return g, d, gan_steps.create_dcgan_state(g, d, key, g_tx=tx(), d_tx=tx())
+
+
+@functools.lru_cache(maxsize=8)  # models are hashable dataclasses: one compilation per model
+def _sample_fn(generator):
+    """Jitted ``(variables, z [B, nz], finding_set [B]) -> images [B, S, S, 1]`` in [-1, 1],
+    BatchNorm in inference mode (running statistics)."""
+    return xla_options.jit(lambda variables, z, ids: generator.apply(variables, z, ids, train=False))
+
+
+def dcgan_images(generator, variables, ids: np.ndarray, key) -> np.ndarray:
+    """Generated images in [0, 1], float32 ``[len(ids), S, S, 1]``, one per finding-set id."""
+    sample = _sample_fn(generator)
+    z = np.asarray(jax.random.normal(key, (len(ids), generator.nz), jnp.float32))
+    batch = min(images_lib.GENERATE_BATCH, len(ids))
+    out = images_lib.in_batches(lambda z, i: sample(variables, z, i), z, np.asarray(ids, np.int32), batch_size=batch)
+    return images_lib.to_unit(out)
+
+
+@images_lib.cpu_friendly_random
+def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
+    """Trains the class-conditional DCGAN on ``source``'s images; returns a JSON-able summary.
+
+    Args:
+      cfg: ``image_size`` (power of two ≥ 8), ``nz``, ``ngf``, ``ndf``, ``steps`` (or
+        ``epochs``, converted to steps up front), ``batch_size``, ``learning_rate``
+        (Adam, β1 0.5); optional ``sample_every_steps`` (between sample grids; default
+        a third of the run), ``checkpoint_every_steps``, ``label_std``,
+        ``conditional_norm``, ``fast_upsample``, ``data_parallel`` (default True: shard
+        over all devices when the batch splits).
+      source: random-access records (``image`` uint16 ``[H, W, 1]`` counts,
+        ``finding_set`` int); a list of dicts works.
+      workdir: the run's folder (see :mod:`jaxthyroid.gan`); rerunning resumes.
+      seed: initialisation, batch order and noise.
+
+    Returns:
+      ``{'steps', 'epochs', 'batch_size', 'images_seen', 'final_d_loss', 'final_g_loss',
+      'final_real_score', 'final_fake_score', 'images_per_s', 'seconds', 'image_size', ...}``.
+    """
+    workdir = pathlib.Path(workdir)
+    if (workdir / DONE_FILE).exists():
+        return json.loads((workdir / DONE_FILE).read_text())
+    run_files.claim_workdir(workdir, {"config": cfg, "seed": seed, "kind": "dcgan"}, what="a GAN run")
+    images, ids = images_lib.real_images(source, cfg.image_size)
+    images = images_lib.to_tanh(images)
+    steps = budget.steps_of(cfg, "", len(images) // cfg.batch_size)
+
+    _, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
+    generator, discriminator, state = _template(cfg, init_key(seed))
+    mesh = budget.data_mesh(cfg, cfg.batch_size)
+    step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True)
+
+    num_sets = findings_lib.DEFAULT.num_sets
+    per_row = 6
+    grid_ids = np.repeat(np.arange(num_sets, dtype=np.int32), per_row)
+    every = int(cfg.get("sample_every_steps", 0) or max(1, steps // 3))
+    next_grid = [every]
+
+    def after_epoch(epoch, state, record):
+        # A grid at the first epoch end past each multiple of `every` steps, and at the end.
+        if record["step"] < next_grid[0] and record["step"] < steps:
+            return
+        next_grid[0] = (record["step"] // every + 1) * every
+        samples = dcgan_images(generator, variables_of(state.generator), grid_ids, sample_key)
+        path = workdir / f"samples_step{record['step']}.png"
+        report.contact_sheet(images_lib.by_set(samples, grid_ids), path, per_row=per_row)
+
+    _, summary = budget.train(
+        workdir,
+        name="dcgan",
+        state=state,
+        step=step,
+        arrays={"image": images, "finding_set": ids},
+        batch_size=cfg.batch_size,
+        steps=steps,
+        seed=seed,
+        key=step_key,
+        metric_keys=METRICS,
+        mesh=mesh,
+        checkpoint_every_steps=cfg.get("checkpoint_every_steps", None),
+        on_epoch_end=after_epoch,
+    )
+    summary["image_size"] = int(cfg.image_size)
+    run_files.write_json(workdir / DONE_FILE, summary)
+    return summary
+
+
+def saved_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+    """The config a GAN run was trained with (its ``config.json``)."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{workdir} is not a GAN run directory (no {CONFIG_FILE}); train it first")
+    return ml_collections.ConfigDict(json.loads(path.read_text())["config"])
+
+
+def load_dcgan_generator(dcgan_dir, cfg=None):
+    """``(generator, variables)`` of a trained DCGAN (latest checkpoint). ``cfg``
+    defaults to the run's ``config.json``."""
+    dcgan_dir = pathlib.Path(dcgan_dir)
+    cfg = cfg if cfg is not None else saved_config(dcgan_dir)
+    generator, _ = dcgan_models(cfg)
+    template = budget.abstract(lambda key: _template(cfg, key)[2])
+    state = budget.restore_latest(dcgan_dir / "checkpoints", template)
+    return generator, variables_of(state.generator)
