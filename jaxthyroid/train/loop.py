@@ -86,22 +86,6 @@ def _epoch_iterator(train_batches: Callable[[int], Iterable], epoch: int, skip: 
 # -- evaluation -----------------------------------------------------------------
 
 
-def _local_rows(x: jax.Array) -> np.ndarray:
-    """This process's rows of a batch-sharded array, in batch order."""
-    if jax.process_count() == 1:
-        return np.asarray(x)
-    shards = {s.index[0].start or 0: np.asarray(s.data) for s in x.addressable_shards}
-    return np.concatenate([shards[k] for k in sorted(shards)])
-
-
-def _gather(x: np.ndarray) -> np.ndarray:
-    if jax.process_count() == 1:
-        return x
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-
-
 def evaluate(
     state,
     eval_step: Callable,
@@ -121,7 +105,6 @@ def evaluate(
     columns: dict[str, list] = {}
     for batch in eval_batches():
         size = np.shape(batch["image"])[0]
-        mask = np.asarray(batch.get("mask", np.ones(size, np.float32))) > 0
         placed = (
             parallel.shard_batch(
                 {k: batch[k] for k in ("image", "findings") + (("mask",) if "mask" in batch else ())}, mesh
@@ -132,17 +115,24 @@ def evaluate(
         out = eval_step(state, placed)
         loss_sum += float(out["loss_sum"])
         count += float(out["count"])
-        logits = _local_rows(out["logits"])[mask]
+        # Per-image columns of the whole global batch (with several processes each fed
+        # its block of it: gathered, a collective), padding dropped after the gather.
+        per_image = {
+            k: np.asarray(v)
+            for k, v in batch.items()
+            if k not in ("image", "mask") and np.ndim(v) >= 1 and np.shape(v)[0] == size
+            if np.asarray(v).dtype.kind in "biuf"
+        }
+        per_image["mask"] = np.asarray(batch.get("mask", np.ones(size, np.float32)))
+        per_image = parallel.gather_batch(per_image, mesh)
+        mask = per_image.pop("mask") > 0
+        logits = parallel.to_host(out["logits"])[mask]
         columns.setdefault("probs", []).append(1.0 / (1.0 + np.exp(-logits.astype(np.float64))))
-        for k, v in batch.items():
-            if k in ("image", "mask"):
-                continue
-            v = np.asarray(v)
-            if v.ndim >= 1 and v.shape[0] == size and v.dtype.kind in "biuf":
-                columns.setdefault(k, []).append(v[mask])
+        for k, v in per_image.items():
+            columns.setdefault(k, []).append(v[mask])
     if not columns:
         raise ValueError("eval_batches() yielded no batches")
-    arrays = {k: _gather(np.concatenate(v)) for k, v in columns.items()}
+    arrays = {k: np.concatenate(v) for k, v in columns.items()}
     pred = findings_lib.predict(arrays["probs"])
     record = {
         "val_loss": loss_sum / max(count, 1.0),
