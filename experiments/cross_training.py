@@ -1,6 +1,6 @@
 """Two-phase cross-training from a config file; prints the summary table.
 
-  python experiments/cross_training.py --config cross_training_quick [--config.phase2.epochs=2 ...]
+  python experiments/cross_training.py --config cross_training_quick [--config.phase2.steps=300 ...]
 
 Same as `jaxthyroid train --config ...`: this script only composes library calls.
 """

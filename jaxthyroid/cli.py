@@ -105,7 +105,7 @@ def _cmd_train(args, overrides) -> None:
 def _cmd_evaluate(args) -> None:
     from jaxthyroid import cross_training
 
-    result = cross_training.evaluate_run(args.run, which=args.which)
+    result = cross_training.evaluate_run(args.run, which=args.which, decision=args.decision)
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return
@@ -129,7 +129,7 @@ def _cmd_evaluate(args) -> None:
 def _cmd_predict(args) -> None:
     from jaxthyroid import cross_training
 
-    rows = cross_training.predict_files(args.run, args.images, which=args.which)
+    rows = cross_training.predict_files(args.run, args.images, which=args.which, decision=args.decision)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -180,6 +180,13 @@ def _cmd_bench(args, rest) -> None:
 
 
 # --------------------------------------------------------------------------- parser
+DECISIONS = ("set", "threshold")  # jaxthyroid.findings.DECISIONS (not imported: --help stays instant)
+DECISION_HELP = (
+    "set: the most probable finding set of the taxonomy; threshold: every finding with p >= 0.5 "
+    "(default: the run's config.decision)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="jaxthyroid",
@@ -242,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which model of the run (default phase2, the cross-trained one)",
     )
     e.add_argument("--json", action="store_true", help="the full report as JSON")
+    e.add_argument("--decision", choices=DECISIONS, default=None, help=DECISION_HELP)
     e.set_defaults(handler=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="findings with probabilities for image files")
@@ -254,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which model of the run (default phase2, the cross-trained one)",
     )
     pr.add_argument("--json", action="store_true", help="one JSON list of {file, findings, probabilities}")
+    pr.add_argument("--decision", choices=DECISIONS, default=None, help=DECISION_HELP)
     pr.set_defaults(handler=_cmd_predict)
 
     a = sub.add_parser("augment", help="generate images with trained DCGAN+SRGAN into a synthetic TFDS set")

@@ -2,9 +2,11 @@
 measured numbers.
 
 Every number comes from the stages' results; nothing is typed in except the paper's
-own figures, which stand beside ours. Effects are called real only when they exceed
-the noise: the seed-to-seed spread with ``--seeds >= 2``, otherwise twice the
-binomial standard error of the test-set accuracy (stated as such in the report).
+own figures, which stand beside ours. With ``--seeds N`` every number is the mean
+± the half-width of its 95 % t-interval over seeds; a difference between two arms is
+called real only when its *paired* interval (the per-seed differences' t-interval)
+excludes 0, and "not resolved at this scale" otherwise (always, with one seed).
+Every arm's optimiser steps and images seen stand beside its numbers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import pathlib
 import platform
 import shutil
@@ -21,7 +24,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import report
-from jaxthyroid.reproduce import PAPER, mean_spread
+from jaxthyroid.reproduce import PAPER, mean_interval
 
 METRICS = ("exact_match", "recall", "precision", "specificity", "f1", "auc")
 
@@ -40,20 +43,62 @@ def method_evaluations(seed_result: dict) -> dict[str, dict]:
         "ResNet after phase 1 (single-feature training)": cl["phase1"],
     }
     if "plain" in cl:
-        rows["ResNet, plain, trained once"] = cl["plain"]
+        rows[PLAIN] = cl["plain"]
     for name, res in seed_result["baselines"].items():
         rows[name] = res["evaluations"]["plain"]
     return rows
 
 
+PLAIN = "ResNet, plain, trained once (control)"
+# Ablation arm -> (row name, the phase holding its final model).
+ABLATION_ROWS = {
+    "no_gan": ("without GAN augmentation", "phase2"),
+    "no_cross": ("without cross term", "phase2"),
+    "no_two_phase": ("without two-phase schedule", "plain"),
+}
+
+
 def ablation_evaluations(seed_result: dict) -> dict[str, dict]:
     ab = seed_result["ablations"]
-    return {
-        "full method": seed_result["classifier"]["evaluations"]["phase2"],
-        "without GAN augmentation": ab["no_gan"]["evaluations"]["phase2"],
-        "without cross term": ab["no_cross"]["evaluations"]["phase2"],
-        "without two-phase schedule": ab["no_two_phase"]["evaluations"]["plain"],
-    }
+    rows = {"full method": seed_result["classifier"]["evaluations"]["phase2"]}
+    for arm, (row, phase) in ABLATION_ROWS.items():
+        if arm in ab:
+            rows[row] = ab[arm]["evaluations"][phase]
+    return rows
+
+
+def arm_budgets(seed_result: dict) -> list[dict]:
+    """Every trained model of one seed: its optimiser steps, batch size and images seen
+    (the phases that trained it summed)."""
+    rows = []
+
+    def add(arm, run, final):
+        b = run.get("budgets", {})
+        phases = ["phase1", "phase2"] if final == "phase2" else [final]
+        if not all(p in b for p in phases):
+            return
+        steps = sum(b[p]["steps"] for p in phases)
+        rows.append(
+            {
+                "arm": arm,
+                "steps": steps,
+                "phases": " + ".join(str(b[p]["steps"]) for p in phases),
+                "batch": b[phases[0]]["batch_size"],
+                "images seen": sum(b[p]["images_seen"] for p in phases),
+            }
+        )
+
+    cl = seed_result["classifier"]
+    add("full method (phase 1 + phase 2)", cl, "phase2")
+    add(PLAIN, cl, "plain")
+    for arm, (row, phase) in ABLATION_ROWS.items():
+        if arm in seed_result["ablations"]:
+            add(row, seed_result["ablations"][arm], phase)
+    for name, run in seed_result["baselines"].items():
+        add(f"baseline {name}", run, "plain")
+    for key, run in seed_result["scarcity"].items():
+        add(f"scarcity {key}", run, "plain")
+    return rows
 
 
 def _collect(per_seed: Sequence[dict], getter, metric_path: Sequence[str]) -> list[float]:
@@ -67,22 +112,11 @@ def _collect(per_seed: Sequence[dict], getter, metric_path: Sequence[str]) -> li
 
 
 def _fmt(values: Sequence[float]) -> str:
-    mean, spread = mean_spread(values)
+    """``mean`` (one value) or ``mean ± half-width of the 95 % t-interval`` over seeds."""
+    mean, half = mean_interval(values)
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.3f}" if len(values) == 1 else f"{mean:.3f} ± {spread:.3f}"
-
-
-def _noise(values_a: Sequence[float], values_b: Sequence[float], n_test: int) -> tuple[float, str]:
-    """The size below which a difference of means is not distinguishable from noise."""
-    if len(values_a) >= 2 and len(values_b) >= 2:
-        spread = math.sqrt(np.var(values_a, ddof=1) / len(values_a) + np.var(values_b, ddof=1) / len(values_b))
-        return 2 * spread, "twice the standard error over seeds"
-    p = np.clip(np.mean(values_a + values_b), 0.05, 0.95)
-    return 2 * math.sqrt(2 * p * (1 - p) / max(n_test, 1)), (
-        "twice the binomial standard error of a difference on this test set (one seed: run --seeds 3 "
-        "for the seed-to-seed spread)"
-    )
+    return f"{mean:.3f}" if math.isnan(half) else f"{mean:.3f} ± {half:.3f}"
 
 
 # ----------------------------------------------------------------------------- the report
@@ -98,7 +132,13 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         f"{platform.python_version()} on {platform.machine()} · data: thyroid scintigraphy phantom "
         f"{cfg.classifier.data.size}² ({cfg.classifier.data.n_train} train / {cfg.classifier.data.n_val} "
         f"val / {cfg.classifier.data.n_test} test, {cfg.classifier.data.cross_fraction:.0%} "
-        "cross-feature). Values are mean ± sample std over seeds where there are several.\n"
+        "cross-feature). "
+        + (
+            f"Values are mean ± the half-width of the 95 % t-interval over the {len(per_seed)} seeds."
+            if len(per_seed) > 1
+            else "One seed: no intervals (`--seeds 3` gives them)."
+        )
+        + f" Decision rule: `{cfg.classifier.decision}`.\n"
     )
 
     # -- headline against the paper ---------------------------------------------------
@@ -113,12 +153,12 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         report.markdown_table(
             [
                 {
-                    "quantity": "validation accuracy (exact match), last epoch",
+                    "quantity": "validation accuracy (exact match), end of training",
                     "paper": f"{PAPER['val_accuracy']:.4f}",
                     "ours": _fmt(final_acc),
                 },
                 {
-                    "quantity": "validation loss, last epoch",
+                    "quantity": "validation loss, end of training",
                     "paper": f"{PAPER['val_loss']:.4f}",
                     "ours": _fmt(final_loss),
                 },
@@ -135,6 +175,17 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         "\nThe paper's figures come from real clinical scintigrams at its own scale; ours from the "
         "simulator at this preset's scale, so only the direction of effects is comparable.\n"
     )
+
+    # -- budgets ------------------------------------------------------------------------
+    budgets = arm_budgets(first)
+    numbers["steps"] = {row["arm"]: {k: row[k] for k in ("steps", "batch", "images seen")} for row in budgets}
+    md.append("## Training budgets\n")
+    md.append(
+        "Optimiser steps of every trained model (phase 1 + phase 2 for the two-phase arms), batch size and "
+        "images seen; arms a claim compares have equal steps, batch and schedule.\n"
+    )
+    md.append(report.markdown_table(budgets, ["arm", "steps", "phases", "batch", "images seen"]))
+    md.append("")
 
     # -- Tab.1 / Tab.2 ----------------------------------------------------------------
     numbers["per_finding"] = {}
@@ -169,18 +220,26 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         vals = [method_evaluations(r)[name]["cross"]["exact_match"] for r in per_seed]
         row["exact_match (cross)"] = _fmt(vals)
         numbers["methods"][name]["exact_match_cross"] = vals
+        for rule in findings_lib.DECISIONS:
+            for subset in ("all", "cross"):
+                vals = [method_evaluations(r)[name][subset].get(f"exact_match_{rule}", float("nan")) for r in per_seed]
+                numbers["methods"][name][f"exact_match_{rule}_{subset}"] = vals
+                row[f"{rule} rule ({subset})"] = _fmt(vals)
         rows.append(row)
     md.append("## Tab.3 analogue — methods on the same test set\n")
     md.append(
-        "Exact match = all findings right (the paper's accuracy); the other columns are macro "
-        "averages over the six findings, on all test images.\n"
+        f"Exact match = all findings right (the paper's accuracy), under the `{cfg.classifier.decision}` rule; "
+        "the next five columns are macro averages over the six findings, on all test images. The last four "
+        "columns give exact match under both decision rules: `set` = the most probable finding set of the "
+        "taxonomy, `threshold` = every finding at p ≥ 0.5.\n"
     )
-    md.append(report.markdown_table(rows, ["method", *METRICS, "exact_match (cross)"]))
+    extra = [f"{rule} rule ({subset})" for rule in findings_lib.DECISIONS for subset in ("all", "cross")]
+    md.append(report.markdown_table(rows, ["method", *METRICS, "exact_match (cross)", *extra]))
     md.append("")
 
     # -- curves -------------------------------------------------------------------------
     md.append("## Validation curves through both phases\n")
-    md.append("![validation accuracy and loss per epoch](curves.png)\n")
+    md.append("![validation accuracy and loss against optimiser steps](curves.png)\n")
 
     # -- ablations ----------------------------------------------------------------------
     numbers["ablations"] = {}
@@ -210,16 +269,19 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
                 "real images per finding set": n,
                 "macro F1, real only": _fmt(real),
                 "macro F1, real + GAN": _fmt(gan),
-                "difference": _fmt([g - r for g, r in zip(gan, real)]),
+                "difference (paired)": _fmt([g - r for g, r in zip(gan, real)]),
             }
         )
     md.append("## Data scarcity\n")
-    md.append(
-        f"The plain {cfg.classifier.model.name} trained once ({cfg.scarcity.epochs} epoch(s)) on the given "
-        f"number of real training images per finding set, without and with the "
-        f"{cfg.synthetic.per_set} GAN images per finding set mixed in at ratio {cfg.synthetic.ratio}.\n"
-    )
-    md.append(report.markdown_table(rows, list(rows[0]) if rows else ["real images per finding set"]))
+    if rows:
+        md.append(
+            f"The plain {cfg.classifier.model.name} trained once ({cfg.scarcity.steps} optimiser steps) on the "
+            f"given number of real training images per finding set, without and with the "
+            f"{cfg.synthetic.per_set} GAN images per finding set mixed in at ratio {cfg.synthetic.ratio}.\n"
+        )
+        md.append(report.markdown_table(rows, list(rows[0])))
+    else:
+        md.append(f"Not run in the `{cfg.preset}` preset (`scarcity.per_set` is empty; the paper preset runs it).\n")
     md.append("")
 
     # -- GANs -----------------------------------------------------------------------------
@@ -322,53 +384,88 @@ def _gan_section(cfg, per_seed: Sequence[dict], numbers: dict) -> list[str]:
     return md
 
 
-def _effect(name: str, with_vals, without_vals, n_test: int, what: str) -> str:
-    diff = float(np.mean(with_vals) - np.mean(without_vals))
-    noise, noise_kind = _noise(list(with_vals), list(without_vals), n_test)
-    verdict = "larger than the noise" if abs(diff) > noise else "within the noise"
-    direction = "helps" if diff > 0 else "hurts" if diff < 0 else "makes no difference to"
-    return (
-        f"- **{name}** {direction} {what}: {np.mean(with_vals):.3f} with vs {np.mean(without_vals):.3f} without "
-        f"(difference {diff:+.3f}; noise level {noise:.3f}, {noise_kind}) — {verdict}."
+def paired_verdict(with_vals: Sequence[float], without_vals: Sequence[float]) -> dict:
+    """The per-seed differences ``with - without``: mean, 95 % t-interval half-width and
+    whether the interval excludes 0 (``resolved``; never with one seed)."""
+    diffs = [float(a) - float(b) for a, b in zip(with_vals, without_vals)]
+    mean, half = mean_interval(diffs)
+    resolved = not math.isnan(half) and abs(mean) > half
+    return {"differences": diffs, "mean": mean, "half_width": half, "resolved": resolved}
+
+
+def _effect(name: str, with_vals, without_vals, what: str, *, note: str = "") -> tuple[str, dict]:
+    v = paired_verdict(with_vals, without_vals)
+    a, b = float(np.mean(with_vals)), float(np.mean(without_vals))
+    if math.isnan(v["half_width"]):
+        interval = "one seed, no interval"
+    else:
+        interval = f"paired 95 % interval {v['mean'] - v['half_width']:+.3f} … {v['mean'] + v['half_width']:+.3f}"
+    if v["resolved"]:
+        verdict = f"**{'helps' if v['mean'] > 0 else 'hurts'}** (the interval excludes 0)"
+    else:
+        verdict = "not resolved at this scale"
+    line = (
+        f"- **{name}**, {what}: {a:.3f} with vs {b:.3f} without (difference {v['mean']:+.3f}; {interval}) — "
+        f"{verdict}.{note}"
     )
+    return line, v
 
 
 def _conclusions(cfg, numbers: dict, n_test: int, n_cross: int) -> list[str]:
+    del n_test, n_cross  # the intervals are over seeds
     ab = numbers["ablations"]
     full = ab["full method"]
-    lines = [
-        _effect(
-            "Two-phase cross-training",
-            full["exact_match_cross"],
-            ab["without two-phase schedule"]["exact_match_cross"],
-            n_cross,
-            "exact-match accuracy on cross-feature test images",
-        ),
-        _effect(
-            "The cross term",
-            full["exact_match_cross"],
-            ab["without cross term"]["exact_match_cross"],
-            n_cross,
-            "exact-match accuracy on cross-feature test images",
-        ),
-        _effect(
-            "GAN augmentation (full data)",
-            full["macro_f1"],
-            ab["without GAN augmentation"]["macro_f1"],
-            n_test,
-            "macro F1",
-        ),
-    ]
+    failing = numbers.get("gan_arms_run_with_failing_images", False)
+    gan_note = " (GAN arm run with images that fail the quality gate.)" if failing else ""
+    claims = []
+    if PLAIN in numbers["methods"]:
+        plain = numbers["methods"][PLAIN]
+        claims.append(
+            (
+                "Two-phase cross-training with the cross term, vs the plain control",
+                full["exact_match_cross"],
+                plain["exact_match_cross"],
+                "exact match on cross-feature test images",
+                "",
+            )
+        )
+        claims.append(
+            (
+                "Two-phase cross-training with the cross term, vs the plain control",
+                full["exact_match_all"],
+                plain["exact_match"],
+                "exact match on all test images",
+                "",
+            )
+        )
+    for row, key, what in (
+        ("without cross term", "exact_match_cross", "exact match on cross-feature test images"),
+        ("without two-phase schedule", "exact_match_cross", "exact match on cross-feature test images"),
+        ("without GAN augmentation", "exact_match_all", "exact match on all test images"),
+        ("without GAN augmentation", "exact_match_cross", "exact match on cross-feature test images"),
+    ):
+        if row in ab:
+            name = {
+                "without cross term": "The cross term",
+                "without two-phase schedule": "The two-phase schedule",
+                "without GAN augmentation": "GAN augmentation",
+            }[row]
+            claims.append((name, full[key], ab[row][key], what, gan_note if "GAN" in name else ""))
     for n, arms in numbers["scarcity"].items():
-        lines.append(
-            _effect(
+        claims.append(
+            (
                 f"GAN augmentation with {n} real images per finding set",
                 arms["real+gan"],
                 arms["real"],
-                n_test,
-                "macro F1 (F1 noise approximated by the accuracy's)",
+                "macro F1",
+                gan_note,
             )
         )
+    lines, numbers["claims"] = [], []
+    for name, a, b, what, note in claims:
+        line, verdict = _effect(name, a, b, what, note=note)
+        lines.append(line)
+        numbers["claims"].append({"claim": name, "measure": what, **verdict})
     head = numbers["headline"]
     acc = float(np.mean(head["val_accuracy"]))
     lines.append(
@@ -377,8 +474,8 @@ def _conclusions(cfg, numbers: dict, n_test: int, n_cross: int) -> list[str]:
         f"Its lowest macro metric is {float(np.mean(head['min_macro_metric'])):.3f} against the paper's "
         f"≥ {PAPER['other_metrics_min']:.3f}"
         + (
-            " — the quick preset trains small networks for a few epochs on a few hundred images, so "
-            "lower numbers are expected."
+            " — the quick preset trains a 1/4-width network for a few thousand steps on a few thousand "
+            "simulated images, so lower numbers are expected."
             if cfg.preset == "quick"
             else "."
         )
@@ -406,6 +503,15 @@ def write(out: pathlib.Path, cfg, per_seed: Sequence[dict], *, elapsed_s: float)
         stage_seconds[marker.parent.name] = stage_seconds.get(marker.parent.name, 0.0) + seconds
     numbers["stage_seconds"] = stage_seconds
     numbers["elapsed_s"] = elapsed_s
+    # The final model (seed 0's two-phase run; phase 2 is `predict`/`evaluate`'s default
+    # --which), relative to the report's folder.
+    final = pathlib.Path(per_seed[0]["classifier"]["workdir"])
+    numbers["final_model"] = os.path.relpath(final.resolve(), out.resolve())
+    numbers["final_model_which"] = "phase2"
+    markdown += (
+        f"\nFinal model: `{numbers['final_model']}` (phase 2) — `jaxthyroid predict --run "
+        f"{out / numbers['final_model']} IMAGE...`, `jaxthyroid evaluate --run {out / numbers['final_model']}`.\n"
+    )
     markdown += (
         "\nTime per stage (all seeds, including earlier interrupted invocations' finished stages): "
         + ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items())

@@ -6,10 +6,17 @@ Stages, each in its own directory under ``OUT/seed<k>/`` (``OUT/report.*`` at th
   gan         conditional DCGAN, then SRResNet/SRGAN (PSNR/SSIM against bicubic)
   synthetic   N generated images per finding set, super-resolved to the training size
   classifier  two-phase cross-training with GAN augmentation (+ the plain control)
-  ablations   without GAN augmentation, without the cross term, without two phases
+  ablations   ``cfg.ablations``: without GAN augmentation (always: its model, trained on
+              real images only, is the GAN's judge), without the cross term, without
+              two phases
   baselines   the comparison networks, each trained once on the same data
   scarcity    macro F1 against real images per finding set, with and without GAN images
   report      report.md, report.json and figures
+
+Every classifier budget is in optimiser steps, and every pair of arms a claim
+compares is step-matched (same steps, batch and schedule; synthetic images change
+what a batch holds, not how many batches there are): :func:`check_step_matched`
+refuses a config where they are not, before anything trains.
 
 A stage that finished wrote ``result.json`` and is skipped by a rerun; an interrupted
 stage resumes (its trainings resume from their checkpoints); ``--force STAGE`` redoes
@@ -79,18 +86,130 @@ def load_preset(preset: str, overrides: Sequence[str] = ()) -> ml_collections.Co
 
 
 def classifier_config(cfg, workdir: pathlib.Path, seed: int, **changes) -> ml_collections.ConfigDict:
-    """A cross-training config for one run: ``changes`` are ``"a.b": value`` pairs."""
+    """A cross-training config for one run: ``changes`` are ``"a.b": value`` pairs of
+    keys the classifier config declares (the result is locked: an undeclared key is
+    an error, here and wherever the run reads one)."""
     c = ml_collections.ConfigDict(cfg.classifier.to_dict())
-    with c.unlocked():
-        c.workdir = str(workdir)
-        c.seed = seed
-        for key, value in changes.items():
-            node = c
-            *parents, leaf = key.split(".")
+    c.lock()
+    c.workdir = str(workdir)
+    c.seed = seed
+    for key, value in changes.items():
+        node = c
+        *parents, leaf = key.split(".")
+        try:
             for p in parents:
                 node = node[p]
             node[leaf] = value
+        except (AttributeError, KeyError) as e:
+            raise config_lib.ConfigError(f"classifier config has no key {key!r}: {e}") from None
     return c
+
+
+# ----------------------------------------------------------------------------- arms
+ABLATIONS = ("no_gan", "no_cross", "no_two_phase")
+
+
+def arm_changes(cfg, synthetic_dir: str = "synthetic") -> dict[str, dict]:
+    """Every classifier arm of the preset: name -> ``classifier_config`` changes.
+
+    ``full`` is the classifier stage's run (phase 1, phase 2 and the plain control);
+    the ablations and baselines follow ``cfg.ablations`` and ``cfg.baselines``; the
+    scarcity arms ``cfg.scarcity.per_set``.
+    """
+    gan = {"data.synthetic_dir": synthetic_dir, "data.synthetic_ratio": cfg.synthetic.ratio}
+    ablations = {
+        # Everything but the synthetic images (its phase-2 model, trained on real
+        # images only, also judges the generated images: _gan_quality).
+        "no_gan": {"plain.enabled": False},
+        # Two phases, but phase 2 retrains the plain network (no cross term).
+        "no_cross": {**gan, "phase2.model": "plain", "plain.enabled": False},
+        # The cross-residual network trained once on everything.
+        "no_two_phase": {**gan, "phase1.enabled": False, "phase2.enabled": False, "plain.model": "cross"},
+    }
+    unknown = set(cfg.ablations) - set(ABLATIONS)
+    if unknown or "no_gan" not in cfg.ablations:
+        raise config_lib.ConfigError(
+            f"ablations must list no_gan (the GAN's judge) and only {', '.join(ABLATIONS)}; got {list(cfg.ablations)}"
+        )
+    arms = {"full": dict(gan)}
+    arms.update({name: ablations[name] for name in ABLATIONS if name in cfg.ablations})
+    single = {"phase1.enabled": False, "phase2.enabled": False, "plain.enabled": True}
+    for name in cfg.baselines:
+        arms[f"baseline/{name}"] = {"model.name": name, "model.num_filters": 0, **gan, **single}
+    for n in cfg.scarcity.per_set:
+        for arm, ratio in (("real", 0.0), ("real_gan", cfg.synthetic.ratio)):
+            arms[f"scarcity/n{n}_{arm}"] = {
+                "data.train_per_set": int(n),
+                "data.synthetic_dir": synthetic_dir if ratio else "",
+                "data.synthetic_ratio": ratio,
+                "plain.steps": int(cfg.scarcity.steps),
+                **single,
+            }
+    return arms
+
+
+# (claim, arm, its final phase, arm, its final phase): the comparisons the report makes.
+def compared_pairs(cfg) -> list[tuple[str, str, str, str, str]]:
+    arms = arm_changes(cfg)
+    pairs = [("two-phase + cross vs plain", "full", "phase2", "full", "plain")]
+    for name, claim in (("no_gan", "GAN"), ("no_cross", "cross term"), ("no_two_phase", "two-phase")):
+        if name in arms:
+            pairs.append((claim, "full", "phase2", name, "plain" if name == "no_two_phase" else "phase2"))
+    for a in arms:
+        if a.startswith("baseline/"):
+            pairs.append((f"baseline {a.removeprefix('baseline/')} vs plain", "full", "plain", a, "plain"))
+        elif a.startswith("scarcity/") and a.endswith("_real"):
+            n = a.removeprefix("scarcity/n").removesuffix("_real")
+            pairs.append((f"GAN with {n} real images per set", a, "plain", f"{a}_gan", "plain"))
+    return pairs
+
+
+def trajectory(c, final: str) -> list[dict]:
+    """The phases that train ``final``'s model of run config ``c``, in order, each with
+    its steps, batch and schedule."""
+    from jaxthyroid import cross_training
+
+    names = ["phase1", "phase2"] if final == "phase2" else [final]
+    out = []
+    for name in names:
+        p = c[name]
+        out.append(
+            dict(
+                steps=cross_training.phase_steps(c, name),
+                batch_size=int(c.data.batch_size),
+                optimizer=p.optimizer,
+                schedule=p.schedule,
+                warmup_fraction=float(p.warmup_fraction),
+            )
+        )
+    return out
+
+
+def check_step_matched(cfg) -> list[dict]:
+    """Every compared pair's steps, batch and schedule; raises ConfigError if one differs.
+
+    Same structure (two phases each): equal phase by phase. Two phases against one:
+    equal total steps, batch size, optimiser and schedule.
+    """
+    arms = arm_changes(cfg)
+    rows = []
+    for claim, a, fa, b, fb in compared_pairs(cfg):
+        ta = trajectory(classifier_config(cfg, pathlib.Path(a), 0, **arms[a]), fa)
+        tb = trajectory(classifier_config(cfg, pathlib.Path(b), 0, **arms[b]), fb)
+        if len(ta) == len(tb):
+            same = ta == tb
+        else:
+            keys = ("batch_size", "optimizer", "schedule")
+            same = sum(t["steps"] for t in ta) == sum(t["steps"] for t in tb) and all(
+                len({t[k] for t in ta + tb}) == 1 for k in keys
+            )
+        rows.append({"claim": claim, "a": f"{a}:{fa}", "b": f"{b}:{fb}", "a_phases": ta, "b_phases": tb})
+        if not same:
+            raise config_lib.ConfigError(
+                f"{claim}: {a} ({fa}) and {b} ({fb}) are not step-matched: {ta} vs {tb}. Compared arms need "
+                "the same optimiser steps (phase 1 + phase 2 = the one-phase arm's), batch size and schedule."
+            )
+    return rows
 
 
 def _summary(ev: dict) -> dict:
@@ -171,17 +290,17 @@ def _run_classifier(c) -> dict:
     from jaxthyroid import cross_training
 
     results = cross_training.run(c)
-    return {"evaluations": results["evaluations"], "histories": results["histories"], "workdir": str(c.workdir)}
+    return {
+        "evaluations": results["evaluations"],
+        "histories": results["histories"],
+        "budgets": results["budgets"],
+        "workdir": str(c.workdir),
+    }
 
 
 def _stage_classifier(cfg, seed, synthetic_dir):
     def stage(directory):
-        c = classifier_config(
-            cfg,
-            directory / "full",
-            seed,
-            **{"data.synthetic_dir": synthetic_dir, "data.synthetic_ratio": cfg.synthetic.ratio},
-        )
+        c = classifier_config(cfg, directory / "full", seed, **arm_changes(cfg, synthetic_dir)["full"])
         return _run_classifier(c)
 
     return stage
@@ -189,25 +308,12 @@ def _stage_classifier(cfg, seed, synthetic_dir):
 
 def _stage_ablations(cfg, seed, synthetic_dir):
     def stage(directory):
-        gan = {"data.synthetic_dir": synthetic_dir, "data.synthetic_ratio": cfg.synthetic.ratio}
-        runs = {
-            # Everything but the synthetic images (its phase-2 model, trained on real
-            # images only, also scores the generated images: _gan_quality).
-            "no_gan": classifier_config(cfg, directory / "no_gan", seed, **{"plain.enabled": False}),
-            # Two phases, but phase 2 retrains the plain network (no cross term).
-            "no_cross": classifier_config(
-                cfg, directory / "no_cross", seed, **gan, **{"phase2.model": "plain", "plain.enabled": False}
-            ),
-            # The cross-residual network trained once on everything.
-            "no_two_phase": classifier_config(
-                cfg,
-                directory / "no_two_phase",
-                seed,
-                **gan,
-                **{"phase1.enabled": False, "phase2.enabled": False, "plain.model": "cross"},
-            ),
-        }
-        _reuse_phase1(classifier_config(cfg, directory.parent / "classifier" / "full", seed, **gan), runs["no_cross"])
+        arms = arm_changes(cfg, synthetic_dir)
+        runs = {name: classifier_config(cfg, directory / name, seed, **arms[name]) for name in cfg.ablations}
+        if "no_cross" in runs:
+            _reuse_phase1(
+                classifier_config(cfg, directory.parent / "classifier" / "full", seed, **arms["full"]), runs["no_cross"]
+            )
         result = {name: _run_classifier(c) for name, c in runs.items()}
         result["gan_quality"] = _gan_quality(directory / "no_gan", synthetic_dir, gan_dir=directory.parent / "gan")
         return result
@@ -254,48 +360,22 @@ def _gan_quality(real_only_run: pathlib.Path, synthetic_dir: str, *, which: str 
 
 def _stage_baselines(cfg, seed, synthetic_dir):
     def stage(directory):
-        out = {}
-        for name in cfg.baselines:
-            c = classifier_config(
-                cfg,
-                directory / name,
-                seed,
-                **{
-                    "model.name": name,
-                    "model.num_filters": 0,
-                    "data.synthetic_dir": synthetic_dir,
-                    "data.synthetic_ratio": cfg.synthetic.ratio,
-                    "phase1.enabled": False,
-                    "phase2.enabled": False,
-                    "plain.enabled": True,
-                },
-            )
-            out[name] = _run_classifier(c)
-        return out
+        arms = arm_changes(cfg, synthetic_dir)
+        return {
+            name: _run_classifier(classifier_config(cfg, directory / name, seed, **arms[f"baseline/{name}"]))
+            for name in cfg.baselines
+        }
 
     return stage
 
 
 def _stage_scarcity(cfg, seed, synthetic_dir):
     def stage(directory):
+        arms = arm_changes(cfg, synthetic_dir)
         out = {}
         for n in cfg.scarcity.per_set:
-            for arm, ratio in (("real", 0.0), ("real+gan", cfg.synthetic.ratio)):
-                c = classifier_config(
-                    cfg,
-                    directory / f"n{n}_{arm.replace('+', '_')}",
-                    seed,
-                    **{
-                        "data.train_per_set": int(n),
-                        "data.synthetic_dir": synthetic_dir if ratio else "",
-                        "data.synthetic_ratio": ratio,
-                        "phase1.enabled": False,
-                        "phase2.enabled": False,
-                        "plain.enabled": True,
-                        "plain.epochs": cfg.scarcity.epochs,
-                        "plain.warmup_steps": 0,
-                    },
-                )  # a few dozen images: fewer steps than a warm-up
+            for arm, key in (("real", "real"), ("real+gan", "real_gan")):
+                c = classifier_config(cfg, directory / f"n{n}_{key}", seed, **arms[f"scarcity/n{n}_{key}"])
                 out[f"{n}/{arm}"] = _run_classifier(c)
         return out
 
@@ -325,6 +405,7 @@ def run(
 ) -> pathlib.Path:
     """Runs every stage for ``seeds`` seeds and writes ``OUT/report.md``; returns its path."""
     cfg = load_preset(preset, overrides)
+    check_step_matched(cfg)  # before anything trains
     out = pathlib.Path(out or f"runs/reproduce_{pathlib.Path(preset).stem}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
@@ -346,3 +427,17 @@ def mean_spread(values: Sequence[float]) -> tuple[float, float]:
     if v.size == 0:
         return float("nan"), float("nan")
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided t-interval over seeds:
+    ``t_{(1+confidence)/2, n-1} · s / sqrt(n)`` (NaN half-width for one value; NaNs ignored)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if v.size == 1:
+        return float(v[0]), float("nan")
+    t = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1))
+    return float(v.mean()), t * float(v.std(ddof=1)) / math.sqrt(v.size)

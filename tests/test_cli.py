@@ -83,6 +83,15 @@ def test_evaluate_json_matches_results(run_dir, capsys):
     assert "| plain |" in out and "recall" in out
 
 
+def test_evaluate_under_either_decision_rule(run_dir, capsys):
+    results = json.loads((run_dir / "results.json").read_text())["evaluations"]["phase2"]
+    for rule in ("set", "threshold"):
+        assert cli.main(["evaluate", "--run", str(run_dir), "--decision", rule, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["decision"] == rule
+        assert report["all"]["exact_match"] == results["all"][f"exact_match_{rule}"]
+
+
 def test_predict_reads_16_bit_png_and_dicom(run_dir, tmp_path, capsys):
     from jaxthyroid.data import export, phantom_builder
 

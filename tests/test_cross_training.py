@@ -17,21 +17,24 @@ from jaxthyroid import config as config_lib  # noqa: E402
 from jaxthyroid import cross_training  # noqa: E402
 from jaxthyroid.models import resnet  # noqa: E402
 
-# 48 train images (~36 single-feature: 2 phase-1 steps of 16), 1 epoch per phase.
+# 48 train images (~36 single-feature), batches of 16; phase 1 2 steps + phase 2 3
+# steps (evaluated after steps 2 and 3: a short last round) = the control's 5.
 # Batches are multiples of the 8 test devices (conftest).
 TINY = [
     "model.name=resnet_tiny",
+    "model.num_filters=0",
     "data.n_train=48",
     "data.n_val=16",
     "data.n_test=32",
     "data.batch_size=16",
     "data.eval_batch_size=16",
-    "phase1.epochs=1",
-    "phase2.epochs=1",
-    "plain.epochs=1",
-    "phase1.warmup_steps=0",
-    "phase2.warmup_steps=0",
-    "plain.warmup_steps=0",
+    "phase1.steps=2",
+    "phase2.steps=3",
+    "plain.steps=5",
+    "phase1.warmup_fraction=0.0",
+    "phase2.warmup_fraction=0.0",
+    "plain.warmup_fraction=0.0",
+    "eval_every_steps=2",
     "checkpoint_every_steps=0",
     "log_every=1",
 ]
@@ -91,13 +94,26 @@ def test_results_hold_three_evaluations_with_metrics(tiny_run):
                 json.loads((tiny_run[0] / "taxonomy.json").read_text())["findings"]
             )
         assert np.asarray(ev["confusion_matrix"]).sum() == 32
-    assert [h["epoch"] for h in results["histories"]["phase2"]] == [1]
+        assert ev["decision"] == "set"
+        for rule in ("set", "threshold"):
+            assert 0.0 <= ev["all"][f"exact_match_{rule}"] <= 1.0
+        assert ev["all"]["exact_match"] == ev["all"]["exact_match_set"]
+    # The set rule never predicts a combination outside the taxonomy ('other', last column).
+    assert all(row[-1] == 0 for ev in results["evaluations"].values() for row in ev["confusion_matrix"])
+    assert [h["step"] for h in results["histories"]["phase2"]] == [2, 3]
+    assert [h["step"] for h in results["histories"]["phase1"]] == [2]
     assert set(results["histories"]["phase1"][0]) >= {
         "val_loss",
         "val_exact_match",
+        "val_exact_match_set",
+        "val_exact_match_threshold",
         "val_exact_match_single",
         "val_exact_match_cross",
     }
+    budgets = results["budgets"]
+    assert {p: b["steps"] for p, b in budgets.items()} == {"phase1": 2, "phase2": 3, "plain": 5}
+    assert budgets["plain"]["images_seen"] == 5 * 16
+    assert budgets["phase1"]["steps"] + budgets["phase2"]["steps"] == budgets["plain"]["steps"]
 
 
 def test_graft_keeps_the_trained_phase1_function(tiny_run):
@@ -144,8 +160,25 @@ def test_rerun_skips_finished_phases_and_finishes_an_unfinished_one(tiny_run):
 
 def test_another_config_in_the_same_workdir_is_refused(tiny_run):
     run_dir, _ = tiny_run
-    with pytest.raises(config_lib.ConfigError, match="phase2.epochs"):
-        cross_training.run(tiny_config(run_dir.parent, "phase2.epochs=3"))
+    with pytest.raises(config_lib.ConfigError, match="phase2.steps"):
+        cross_training.run(tiny_config(run_dir.parent, "phase2.steps=4"))
+
+
+def test_budgets_in_steps_epochs_converted_up_front(tmp_path):
+    cfg = tiny_config(tmp_path, "phase1.steps=0", "phase1.epochs=2.5", "phase2.warmup_fraction=0.05")
+    # 36 real single-feature images in batches of 16: 2 steps a pass, 2.5 passes -> 5 steps.
+    assert cross_training.phase_steps(cfg, "phase1", 36) == 5
+    assert cross_training.phase_steps(cfg, "phase2", 36) == 3  # steps given: the images do not matter
+    with pytest.raises(config_lib.ConfigError, match="phase1.*data set"):
+        cross_training.budgets(cfg)  # epochs without data
+    assert cross_training.warmup_steps(cfg, "phase2", 400) == 20
+    assert cross_training.phase_steps(tiny_config(tmp_path, "phase1.epochs=1.0"), "phase1", 36) == 2  # epochs win
+    with pytest.raises(config_lib.ConfigError, match="phase1.steps"):
+        cross_training.phase_steps(tiny_config(tmp_path, "phase1.steps=0"), "phase1", 36)
+    # Evaluation rounds cover the budget exactly, the last one possibly shorter.
+    for total, every in ((5, 2), (900, 150), (7, 100), (1000, 300)):
+        n, per = cross_training.rounds(total, every)
+        assert (n - 1) * per < total <= n * per and per <= max(every, 1)
 
 
 def test_phase1_cross_model_freezes_the_cross_terms(tmp_path):

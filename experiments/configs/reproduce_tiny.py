@@ -3,11 +3,8 @@ r"""The whole pipeline at toy size: a smoke test of every stage (used by the tes
 Command:
   jaxthyroid reproduce --preset tiny --out /tmp/tiny
 
-tests/test_reproduce.py (this preset run, SIGKILLed after the GAN stage, rerun;
-XLA's LLVM optimisation level 0) takes 91 s with a cold compilation cache on an idle
-2-core CPU (165 s before the model init was split from the optimiser's, the toy models
-left im2col convs off and the test lowered the optimisation level).
-Its numbers mean nothing: a few dozen 64² images, one epoch of a tiny ResNet. Use `quick` or `paper` for results.
+tests/test_reproduce.py runs it (SIGKILLed after the GAN stage, then rerun).
+Its numbers mean nothing: a few dozen 64² images, a few steps of a tiny ResNet. Use `quick` or `paper` for results.
 """
 
 import pathlib
@@ -28,8 +25,9 @@ def get_config():
     cl.data.augment = False
     cl.model.name = "resnet_tiny"
     cl.model.num_filters = 0
-    cl.phase1.epochs, cl.phase2.epochs, cl.plain.epochs = 1, 1, 1
-    cl.phase1.warmup_steps = cl.phase2.warmup_steps = cl.plain.warmup_steps = 0
+    cl.phase1.steps, cl.phase2.steps, cl.plain.steps = 2, 2, 4
+    cl.phase1.warmup_fraction = cl.phase2.warmup_fraction = cl.plain.warmup_fraction = 0.0
+    cl.eval_every_steps = 2
     c.gan.dcgan.update(dict(image_size=32, nz=8, ngf=4, ndf=4, epochs=1, batch_size=8))
     c.gan.srgan.update(dict(num_blocks=1, features=8, pretrain_epochs=1, gan_epochs=1, batch_size=8))
     # At toy sizes compiling is most of the run, and the im2col convs (the CPU speed
@@ -37,7 +35,8 @@ def get_config():
     cl.model.conv_im2col = False
     c.gan.dcgan.conv_im2col = c.gan.srgan.conv_im2col = False
     c.synthetic.per_set = 2
+    c.ablations = ["no_gan", "no_cross", "no_two_phase"]
     c.baselines = ["vgg_tiny"]
     c.scarcity.per_set = [2]
-    c.scarcity.epochs = 1
+    c.scarcity.steps = 2
     return c
