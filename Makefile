@@ -12,8 +12,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[dev]"
+# setuptools prints an information-only notice ("Editable installation. Please be careful
+# with folders ...") for every editable install of a flat layout; it reports nothing wrong,
+# so that one warning is ignored for this command (PYTHONWARNINGS reaches the build backend).
+$(STAMP): pyproject.toml setup.py | $(PY)
+	PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
