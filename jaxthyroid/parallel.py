@@ -25,9 +25,16 @@ log = logging.getLogger(__name__)
 def make_mesh(num_devices: int | None = None) -> Mesh:
     """A 1-D mesh, axis ``data``: over every device of every process when ``num_devices``
     is None or all of them; else over the first ``num_devices`` of this process's own
-    devices (a smaller mesh over other processes' devices would not be addressable here)."""
+    devices (a smaller mesh over other processes' devices would not be addressable here).
+
+    With several processes the devices are ordered by process, so process ``k``'s devices
+    hold block ``k`` of every batch (what the per-process loaders and
+    :func:`process_rows` feed them).
+    """
     devices = jax.devices()
     if num_devices is None or num_devices == len(devices):
+        if jax.process_count() > 1:
+            devices = sorted(devices, key=lambda d: (d.process_index, d.id))
         return Mesh(np.asarray(devices), (DATA_AXIS,))
     local = jax.local_devices()
     if not 1 <= num_devices <= len(local):
