@@ -93,7 +93,7 @@ def test_threshold_changes_predictions():
     # At 0.65: image 1 predicts b only (right), image 3 a only (wrong), image 4 a (wrong).
     r = metrics.classification_report(PROBS, LABELS, taxonomy=TAX, threshold=0.65, decision="threshold")["all"]
     assert r["exact_match"] == 3 / 6  # images 0, 1, 2
-    assert abs(r["per_finding"]["b"]["recall"] - 1 / 3) < 1e-12  # only image 1
+    assert abs(r["per_finding"]["b"]["recall"] - 1 / 3) < 1e-12  # only image 1; a float64 ratio of counts
     assert r["per_finding"]["a"]["precision"] == 0.75  # 0, 3, 4 right; 5 wrong
 
 
