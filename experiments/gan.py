@@ -1,6 +1,6 @@
 """GAN augmentation on the phantom: DCGAN + SRGAN, super-resolution scores, generation quality.
 
-  python experiments/gan.py --config gan_quick [--workdir DIR] [--classifier-run RUN] [--config.dcgan.epochs=10 ...]
+  python experiments/gan.py --config gan_quick [--workdir DIR] [--classifier-run RUN] [--config.dcgan.steps=1000 ...]
 
 Stages (each skipped when finished, resumed when interrupted), under WORKDIR:
   dcgan/        conditional DCGAN (samples_step<k>.png)

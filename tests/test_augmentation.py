@@ -234,3 +234,27 @@ def test_quality_gate_thresholds(tmp_path, capsys):
     assert quality.read_verdict(tmp_path) == far and quality.read_verdict(tmp_path / "none") is None
     quality.warn_failing(far)
     assert "FAIL THE QUALITY GATE" in capsys.readouterr().err
+
+
+def test_clean_phantom_images_are_the_noisy_images_truth():
+    """SR is scored against the simulator's noise-free image: the right one, whatever the
+    threefry layout in force (train_srgan runs under the classic one)."""
+    import jax
+
+    from jaxthyroid import phantom
+    from jaxthyroid.data import phantom_builder, transforms
+
+    ids = np.array([0, 4, 11], np.int32)
+    indices = np.array([3, 7, 8])
+    keys = phantom.example_keys(phantom_builder.split_seed(5, "test"), indices)
+    counts = np.clip(np.rint(np.asarray(phantom.simulate(keys, ids, size=64))), 0, 65535).astype(np.uint16)
+    source = [features.make_record(c, int(s), TAX, origin=f"phantom/test/{i}") for c, s, i in zip(counts, ids, indices)]
+    with jax.threefry_partitionable(False):
+        clean = srgan.clean_phantom_images(source, [0, 1, 2], seed=5)
+    assert clean is not None and clean.shape == (3, 64, 64, 1)
+    noisy = transforms.normalize_counts(counts.astype(np.float32))
+    # The noisy image is the clean one plus Poisson noise: close, but not equal.
+    error = np.sqrt(np.mean((noisy - clean) ** 2, axis=(1, 2, 3)))
+    assert np.all(error < 0.1) and np.all(error > 0)
+    assert srgan.clean_phantom_images(source, [0, 1, 2], seed=6) is None  # another data set's truth
+    assert srgan.clean_phantom_images(records(3), [0, 1, 2], seed=5) is None  # not phantom records

@@ -149,6 +149,32 @@ def test_conditional_generator_depends_on_finding_set():
     assert abs(float(logits[0] - logits[1])) > 0.1 * float(jnp.max(jnp.abs(logits)))  # projection term
 
 
+def test_conditional_norm_starts_as_the_plain_generator_and_label_std_scales_the_embedding():
+    z = jax.random.normal(key(0), (4, 16))
+    labels = jnp.array([0, 3, 7, 11], jnp.int32)
+    cbn = dcgan.TinyGenerator(num_classes=dcgan.NUM_FINDING_SETS, conditional_norm=True)
+    plain = dcgan.TinyGenerator(num_classes=dcgan.NUM_FINDING_SETS)
+    variables = init(cbn, z, labels, train=False)
+    gains = {k: v for k, v in variables["params"].items() if k.startswith("Embed_")}
+    assert len(gains) == 3 and all(float(jnp.abs(g["embedding"]).max()) == 0.0 for g in gains.values())
+    # Without the (zero) per-class gains the parameters are a plain generator's, with the same output.
+    plain_vars = {**variables, "params": {k: v for k, v in variables["params"].items() if k not in gains}}
+    a = jax.jit(lambda v: cbn.apply(v, z, labels, train=True, mutable=["batch_stats"])[0])(variables)
+    b = jax.jit(lambda v: plain.apply(v, z, labels, train=True, mutable=["batch_stats"])[0])(plain_vars)
+    np.testing.assert_array_equal(a, b)
+    # A non-zero gain makes the output depend on it.
+    bumped = jax.tree.map(lambda x: x, variables)
+    bumped["params"]["Embed_0"] = {"embedding": jnp.ones_like(gains["Embed_0"]["embedding"])}
+    c = jax.jit(lambda v: cbn.apply(v, z, labels, train=True, mutable=["batch_stats"])[0])(bumped)
+    assert float(jnp.abs(c - a).max()) > 0
+    # label_std sets the embedding's scale (flax's default is ~N(0, 1/embed_dim)).
+    for std in (None, 1.0):
+        emb = init(dcgan.TinyGenerator(num_classes=12, embed_dim=64, label_std=std), z, labels, train=False)
+        measured = float(jnp.std(emb["params"]["label_embed"]["embedding"]))
+        expected = std if std is not None else 1 / np.sqrt(64)
+        assert abs(measured - expected) < 0.25 * expected  # 768 draws: sampling error ~3 %
+
+
 def test_discriminator_features():
     x = jnp.zeros((2, 32, 32, 1))
     d = dcgan.TinyDiscriminator()

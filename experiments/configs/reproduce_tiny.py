@@ -28,8 +28,9 @@ def get_config():
     cl.phase1.steps, cl.phase2.steps, cl.plain.steps = 2, 2, 4
     cl.phase1.warmup_fraction = cl.phase2.warmup_fraction = cl.plain.warmup_fraction = 0.0
     cl.eval_every_steps = 2
-    c.gan.dcgan.update(dict(image_size=32, nz=8, ngf=4, ndf=4, epochs=1, batch_size=8))
-    c.gan.srgan.update(dict(num_blocks=1, features=8, pretrain_epochs=1, gan_epochs=1, batch_size=8))
+    # GAN budgets in steps: one pass over the 48 training images at batch 8 each.
+    c.gan.dcgan.update(dict(image_size=32, nz=8, ngf=4, ndf=4, steps=6, batch_size=8))
+    c.gan.srgan.update(dict(num_blocks=1, features=8, pretrain_steps=6, gan_steps=6, batch_size=8))
     # At toy sizes compiling is most of the run, and the im2col convs (the CPU speed
     # lever) take about twice as long to compile as XLA's own: plain convs here.
     cl.model.conv_im2col = False

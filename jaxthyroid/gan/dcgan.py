@@ -32,8 +32,9 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set.
 
     Optional keys: ``label_std`` and ``conditional_norm`` (G's conditioning strength,
-    :class:`jaxthyroid.models.dcgan.Generator`), ``fast_upsample`` (default True),
-    ``conv_im2col`` (default None: im2col convs on the CPU backend only).
+    :class:`jaxthyroid.models.dcgan.Generator`), ``aux_weight`` (> 0: D gets an AC-GAN
+    classifier head, :func:`jaxthyroid.train.gan_steps.make_dcgan_step`),
+    ``fast_upsample`` (default True), ``conv_im2col`` (default None: im2col convs on the CPU backend only).
     """
     g = dcgan.Generator(
         channels=1,
@@ -47,7 +48,11 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
         conv_im2col=cfg.get("conv_im2col", None),
     )
     d = dcgan.Discriminator(
-        image_size=cfg.image_size, ndf=cfg.ndf, num_classes=taxonomy.num_sets, conv_im2col=cfg.get("conv_im2col", None)
+        image_size=cfg.image_size,
+        ndf=cfg.ndf,
+        num_classes=taxonomy.num_sets,
+        aux_classifier=taxonomy.num_sets if cfg.get("aux_weight", 0.0) > 0 else 0,
+        conv_im2col=cfg.get("conv_im2col", None),
     )
     return g, d
 
@@ -105,7 +110,8 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
     _, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
     generator, discriminator, state = _template(cfg, init_key(seed))
     mesh = budget.data_mesh(cfg, cfg.batch_size)
-    step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True)
+    aux_weight = float(cfg.get("aux_weight", 0.0))
+    step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True, aux_weight=aux_weight)
 
     num_sets = findings_lib.DEFAULT.num_sets
     per_row = 6
@@ -132,7 +138,7 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
         steps=steps,
         seed=seed,
         key=step_key,
-        metric_keys=METRICS,
+        metric_keys=METRICS + (("aux_loss",) if aux_weight > 0 else ()),
         mesh=mesh,
         checkpoint_every_steps=cfg.get("checkpoint_every_steps", None),
         on_epoch_end=after_epoch,

@@ -29,6 +29,7 @@ from jaxthyroid.train import gan_steps
 from jaxthyroid.train.state import init_key, variables_of
 
 DONE_FILE = "done.json"
+_PARTITIONABLE = bool(jax.config.jax_threefry_partitionable)  # the layout the phantom data set was drawn with
 CONFIG_FILE = "config.json"
 PRETRAIN_METRICS = ("mse", "psnr")
 GAN_METRICS = ("d_loss", "g_loss", "content", "adversarial", "mse", "psnr")
@@ -118,9 +119,12 @@ def clean_phantom_images(source, indices, *, seed: int, split: str = "test") -> 
     ids = np.asarray([int(r["finding_set"]) for r in records], np.int32)
     counts = np.stack([np.asarray(r["image"], np.float32) for r in records])
     size = counts.shape[1]
-    keys = phantom.example_keys(phantom_builder.split_seed(seed, split), example)
-    render = jax.jit(jax.vmap(lambda k, i: phantom.render(k, i, size=size, return_aux=True)[1]["expected"]))
-    expected = np.asarray(render(keys, jnp.asarray(ids)), np.float32)[..., None]
+    # The builder's random streams: the global threefry layout, not the classic one that
+    # cpu_friendly_random (train_srgan) switches to.
+    with jax.threefry_partitionable(_PARTITIONABLE):
+        keys = phantom.example_keys(phantom_builder.split_seed(seed, split), example)
+        render = jax.jit(jax.vmap(lambda k, i: phantom.render(k, i, size=size, return_aux=True)[1]["expected"]))
+        expected = np.asarray(render(keys, jnp.asarray(ids)), np.float32)[..., None]
     a = expected.reshape(len(ids), -1) - expected.mean((1, 2, 3))[:, None]
     b = counts.reshape(len(ids), -1) - counts.mean((1, 2, 3))[:, None]
     corr = (a * b).sum(1) / np.sqrt((a * a).sum(1) * (b * b).sum(1) + 1e-12)

@@ -178,7 +178,9 @@ class Discriminator(nn.Module):
     """DCGAN discriminator: ``[batch, S, S, channels]`` (+ ``finding_set``) -> logits ``[batch]``.
 
     With ``return_features=True`` returns ``(logits, [feature maps after each conv
-    block])`` for feature-matching losses.
+    block])`` for feature-matching losses; with ``return_class_logits=True`` (needs
+    ``aux_classifier``) ``(logits, class logits [batch, aux_classifier])``, the
+    auxiliary classifier of AC-GAN (Odena et al. 2017).
 
     Attributes:
       image_size: input side S (sets the number of stride-2 convs).
@@ -194,10 +196,17 @@ class Discriminator(nn.Module):
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     conv_im2col: bool | None = None  # convs as layers.Im2colConv (same parameters and values)
+    aux_classifier: int = 0  # > 0: an auxiliary classifier head over this many classes (AC-GAN)
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, finding_set: jax.Array | None = None, *, train: bool, return_features: bool = False
+        self,
+        x: jax.Array,
+        finding_set: jax.Array | None = None,
+        *,
+        train: bool,
+        return_features: bool = False,
+        return_class_logits: bool = False,
     ):
         conv = functools.partial(
             layers.conv_cls(self.conv_im2col),
@@ -237,6 +246,14 @@ class Discriminator(nn.Module):
                 name="label_projection",
             )(finding_set)
             logit = logit + jnp.sum(jnp.sum(x, axis=(1, 2)) * label.astype(x.dtype), axis=-1)
+        if self.aux_classifier:  # AC-GAN head: which finding set, from the pooled last feature map
+            class_logits = nn.Dense(self.aux_classifier, param_dtype=self.param_dtype, name="aux_head")(
+                jnp.mean(x, axis=(1, 2))
+            )
+            if return_class_logits:
+                return logit, class_logits.astype(jnp.float32)
+        elif return_class_logits:
+            raise ValueError("return_class_logits needs a Discriminator with aux_classifier > 0")
         return (logit, features) if return_features else logit
 
 

@@ -142,7 +142,13 @@ def _mutable_apply(model: nn.Module, params, batch_stats, *args, **kwargs):
 
 # -- DCGAN --------------------------------------------------------------------------
 def make_dcgan_step(
-    generator: nn.Module, discriminator: nn.Module, mesh=None, *, conditional: bool = False, donate: bool = True
+    generator: nn.Module,
+    discriminator: nn.Module,
+    mesh=None,
+    *,
+    conditional: bool = False,
+    aux_weight: float = 0.0,
+    donate: bool = True,
 ) -> Callable[[GANState, dict, jax.Array], tuple[GANState, Metrics]]:
     """One D update then one G update.
 
@@ -154,10 +160,18 @@ def make_dcgan_step(
     so the result does not depend on the device count. Metrics: ``d_loss``,
     ``g_loss``, ``real_score`` (mean D(x)), ``fake_score`` (mean D(G(z)) before the
     D update).
+
+    ``aux_weight > 0`` (conditional, D with ``aux_classifier``): AC-GAN's auxiliary
+    cross-entropy of the finding set, weighted, added to D's loss on real images and
+    to G's loss on its fakes (D never learns to classify fakes, so G cannot win by
+    making D's classifier worse); metric ``aux_loss`` (D's, on real images).
     """
     axis = DATA_AXIS if mesh is not None else None
     G = generator.clone(axis_name=axis)
     D = discriminator.clone(axis_name=axis)
+    aux = aux_weight > 0
+    if aux and not (conditional and discriminator.aux_classifier):
+        raise ValueError("aux_weight > 0 needs conditional=True and a Discriminator with aux_classifier")
 
     def per_device(state: GANState, image, z, finding_set):
         g, d = state.generator, state.discriminator
@@ -167,18 +181,28 @@ def make_dcgan_step(
             lambda p: _mutable_apply(G, p, g.batch_stats, z, *label), g.params, has_aux=True
         )
 
-        def d_loss_fn(params):
-            real_logit, stats = _mutable_apply(D, params, d.batch_stats, image, *label)
-            fake_logit, stats = _mutable_apply(D, params, stats, jax.lax.stop_gradient(fake), *label)
-            loss = _pmean(discriminator_loss(real_logit=real_logit, fake_logit=fake_logit), axis)
-            return loss, (stats, real_logit, fake_logit)
+        def d_out(params, stats, x):
+            if not aux:
+                logit, stats = _mutable_apply(D, params, stats, x, *label)
+                return logit, jnp.zeros(()), stats
+            (logit, class_logits), stats = _mutable_apply(D, params, stats, x, *label, return_class_logits=True)
+            ce = optax.softmax_cross_entropy_with_integer_labels(class_logits, finding_set).mean()
+            return logit, ce, stats
 
-        (d_loss, (d_stats, real_logit, fake_logit)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(d.params)
+        def d_loss_fn(params):
+            real_logit, real_ce, stats = d_out(params, d.batch_stats, image)
+            fake_logit, _, stats = d_out(params, stats, jax.lax.stop_gradient(fake))
+            loss = discriminator_loss(real_logit=real_logit, fake_logit=fake_logit) + aux_weight * real_ce
+            return _pmean(loss, axis), (stats, real_logit, fake_logit, _pmean(real_ce, axis))
+
+        (d_loss, (d_stats, real_logit, fake_logit, aux_loss)), d_grads = jax.value_and_grad(d_loss_fn, has_aux=True)(
+            d.params
+        )
         d = d.apply_gradients(grads=d_grads, batch_stats=d_stats)
 
         def g_loss_fn(fake):
-            logit, _ = _mutable_apply(D, d.params, d.batch_stats, fake, *label)
-            return _pmean(generator_loss(fake_logit=logit), axis)
+            logit, fake_ce, _ = d_out(d.params, d.batch_stats, fake)
+            return _pmean(generator_loss(fake_logit=logit) + aux_weight * fake_ce, axis)
 
         g_loss, fake_grad = jax.value_and_grad(g_loss_fn)(fake)
         (g_grads,) = g_vjp(fake_grad)
@@ -190,6 +214,8 @@ def make_dcgan_step(
             "real_score": _pmean(jnp.mean(jax.nn.sigmoid(real_logit)), axis),
             "fake_score": _pmean(jnp.mean(jax.nn.sigmoid(fake_logit)), axis),
         }
+        if aux:
+            metrics["aux_loss"] = aux_loss
         return GANState(generator=g, discriminator=d), metrics
 
     sharded = _data_parallel(per_device, mesh, 1, 3, donate)
