@@ -9,6 +9,8 @@ the handlers so ``jaxthyroid --help`` is instant.
   jaxthyroid train --config quick [--config.k=v]   two-phase cross-training from a config
   jaxthyroid evaluate --run DIR                    metrics of a finished run on its test split
   jaxthyroid predict --run DIR IMAGE...            findings with probabilities
+  jaxthyroid explain --run DIR IMAGE... --out D    heat maps (Grad-CAM / occlusion) per image
+  jaxthyroid weights import FILE --arch A --out W  torchvision ResNet weights for our ResNets
   jaxthyroid reproduce --preset quick              the whole method end to end, with report
   jaxthyroid demo                                  what `make demo` runs
 """
@@ -179,6 +181,27 @@ def _cmd_bench(args, rest) -> None:
     runpy.run_module("benchmarks.run", run_name="__main__")
 
 
+# --------------------------------------------------------------------------- explain / weights
+def _cmd_explain(args) -> None:
+    from jaxthyroid import explain
+
+    rows = explain.explain_files(args.run, args.images, args.out, method=args.method, which=args.which)
+    for row in rows:
+        probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
+        print(f"{row['file']}: {'+'.join(row['findings'])} -> {row['png']}\n    {probs}")
+
+
+def _cmd_weights_import(args) -> None:
+    from jaxthyroid.models import torchvision_import
+
+    info = torchvision_import.import_file(args.file, args.arch, args.out, in_channels=args.channels)
+    print(
+        f"imported {info['arch']} ({info['parameters']:,} parameters, {info['in_channels']} input channel(s), "
+        f"head dropped) -> {info['out']}"
+    )
+    print(f"  start a training from it with --config.model.name={info['arch']} --config.model.stem=imagenet")
+
+
 # --------------------------------------------------------------------------- parser
 DECISIONS = ("set", "threshold")  # jaxthyroid.findings.DECISIONS (not imported: --help stays instant)
 DECISION_HELP = (
@@ -289,6 +312,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seeds", type=int, default=1, help="repeat the runs with this many seeds")
     r.set_defaults(handler=_cmd_reproduce, takes_overrides=True)
 
+    ex = sub.add_parser("explain", help="heat maps (Grad-CAM or occlusion) of a run's findings for image files")
+    ex.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
+    ex.add_argument("images", nargs="+", help="PNG/TIFF/JPEG/DICOM files")
+    ex.add_argument("--out", required=True, help="folder for one PNG per image (and explain.json)")
+    ex.add_argument("--method", default="gradcam", choices=("gradcam", "occlusion"), help="default gradcam")
+    ex.add_argument(
+        "--which",
+        default="phase2",
+        choices=("phase1", "phase2", "plain"),
+        help="which model of the run (default phase2, the cross-trained one)",
+    )
+    ex.set_defaults(handler=_cmd_explain)
+
+    w = sub.add_parser("weights", help="pretrained weights (torchvision ResNets)")
+    wsub = w.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    wi = wsub.add_parser("import", help="torchvision ResNet weights (.safetensors, or .pth with torch) -> our ResNet")
+    wi.add_argument("file", help="torchvision state dict: .safetensors (or .pth when torch is installed)")
+    wi.add_argument("--arch", required=True, choices=("resnet18", "resnet34", "resnet50", "resnet101"))
+    wi.add_argument("--out", required=True, help="output file (msgpack), for model.init_from")
+    wi.add_argument("--channels", type=int, default=1, choices=(1, 3), help="1: RGB stem summed to grey (default)")
+    wi.set_defaults(handler=_cmd_weights_import)
+
     dm = sub.add_parser("demo", help="what `make demo` runs: reproduce --preset quick")
     dm.add_argument("--out", default="demo")
     dm.set_defaults(handler=_cmd_demo)
@@ -346,6 +391,7 @@ def _user_error_types() -> tuple[type, ...]:
         ("jaxthyroid.data.images", "ImageError"),
         ("jaxthyroid.train.loop", "TrainingDiverged"),
         ("jaxthyroid.train.checkpoint", "CheckpointError"),
+        ("jaxthyroid.models.torchvision_import", "WeightsError"),
     ):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
