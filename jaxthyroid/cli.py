@@ -185,7 +185,9 @@ def _cmd_bench(args, rest) -> None:
 def _cmd_explain(args) -> None:
     from jaxthyroid import explain
 
-    rows = explain.explain_files(args.run, args.images, args.out, method=args.method, which=args.which)
+    rows = explain.explain_files(
+        args.run, args.images, args.out, method=args.method, which=args.which, block=args.block
+    )
     for row in rows:
         probs = "  ".join(f"{k}={v:.3f}" for k, v in row["probabilities"].items())
         print(f"{row['file']}: {'+'.join(row['findings'])} -> {row['png']}\n    {probs}")
@@ -323,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("phase1", "phase2", "plain"),
         help="which model of the run (default phase2, the cross-trained one)",
     )
+    ex.add_argument("--block", default=None, help="gradcam: the block whose output is explained (default the last)")
     ex.set_defaults(handler=_cmd_explain)
 
     w = sub.add_parser("weights", help="pretrained weights (torchvision ResNets)")
@@ -392,6 +395,7 @@ def _user_error_types() -> tuple[type, ...]:
         ("jaxthyroid.train.loop", "TrainingDiverged"),
         ("jaxthyroid.train.checkpoint", "CheckpointError"),
         ("jaxthyroid.models.torchvision_import", "WeightsError"),
+        ("jaxthyroid.explain", "ExplainError"),
     ):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):

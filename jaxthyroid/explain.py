@@ -46,12 +46,26 @@ DIFFUSE_FINDINGS = ("graves", "hashimoto", "subacute_thyroiditis")
 LOCALISATION_SEED_OFFSET = 7_919
 
 
+class ExplainError(ValueError):
+    """A request the model or run cannot answer (unknown block, method or finding)."""
+
+
 # ----------------------------------------------------------------------------- heat maps
+def _check_block(variables, block: str | None) -> str:
+    """``block``, or the last one when None; a clear error for a name the model lacks."""
+    if block is None:
+        return last_block(variables)
+    if block not in variables["params"]:
+        blocks = [n for n in variables["params"] if n.startswith("stage")]
+        raise ExplainError(f"no block {block!r} in this model; its blocks: {', '.join(blocks)}")
+    return block
+
+
 def last_block(variables) -> str:
     """Name of the ResNet's last block (``stage4_block2`` for ResNet-18), from its params."""
     names = [n for n in variables["params"] if n.startswith("stage") and "_block" in n]
     if not names:
-        raise ValueError("Grad-CAM needs a ResNet (params named stage<i>_block<j>); use --method occlusion")
+        raise ExplainError("Grad-CAM needs a ResNet (params named stage<i>_block<j>); use --method occlusion")
 
     def order(name):
         stage, block = name[len("stage") :].split("_block")
@@ -169,14 +183,17 @@ def _batched(fn, variables, images: np.ndarray, batch_size: int) -> np.ndarray:
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
 
-def heat_maps(method: str, model, variables, images, *, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """``(maps [B, F, H, W], logits [B, F])`` by ``method`` (``gradcam`` | ``occlusion``)."""
+def heat_maps(
+    method: str, model, variables, images, *, batch_size: int = 32, block: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(maps [B, F, H, W], logits [B, F])`` by ``method`` (``gradcam`` | ``occlusion``);
+    Grad-CAM on ``block`` (default :func:`last_block`)."""
     if method == "gradcam":
-        fn = make_gradcam(model, last_block(variables))
+        fn = make_gradcam(model, _check_block(variables, block))
         return _batched(fn, variables, np.asarray(images, np.float32), batch_size)
     if method == "occlusion":
         return occlusion(model, variables, images, batch_size=max(batch_size, 64))
-    raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    raise ExplainError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
 
 
 # ----------------------------------------------------------------------------- localisation
@@ -228,7 +245,7 @@ def phantom_lesions(finding: str, n: int, *, size: int, seed: int) -> tuple[np.n
     from jaxthyroid.data import transforms
 
     if finding not in NODULE_FINDINGS + DIFFUSE_FINDINGS:
-        raise ValueError(f"no lesion mask for {finding!r}: one of {', '.join(NODULE_FINDINGS + DIFFUSE_FINDINGS)}")
+        raise ExplainError(f"no lesion mask for {finding!r}: one of {', '.join(NODULE_FINDINGS + DIFFUSE_FINDINGS)}")
     set_id = findings_lib.DEFAULT.set_id((finding,))
     key_name = "nodule_mask" if finding in NODULE_FINDINGS else "thyroid_support"
 
@@ -264,13 +281,16 @@ def localisation_report(
     threshold: float = 0.5,
     seed: int | None = None,
     batch_size: int = 32,
+    block: str | None = None,
 ) -> dict:
     """How well a run's heat maps point at the phantom's lesions, beside a random map.
 
     For each finding, ``n_images`` fresh phantom images with that finding alone (phantom
     seed = the run's seed + :data:`LOCALISATION_SEED_OFFSET` unless given, so none is a
     training image) at the run's image size; the map of that finding's logit is scored
-    against the lesion mask (:func:`phantom_lesions`).
+    against the lesion mask (:func:`phantom_lesions`). Grad-CAM on ``block`` (default the
+    last block; at 64² with the torchvision stem its map is only 2×2, an earlier block
+    such as ``stage3_block2`` gives 4×4).
 
     Returns ``{finding: {'images', 'detected' (share with p >= 0.5), 'mask_fraction',
     method: {'pointing_game', 'iou'}, 'random': {'pointing_game', 'iou'}}, 'method',
@@ -282,18 +302,20 @@ def localisation_report(
     size = int(cfg.data.size)
     seed = int(cfg.seed) + LOCALISATION_SEED_OFFSET if seed is None else seed
     if method == "gradcam":
-        block = last_block(variables)
+        block = _check_block(variables, block)
         fn = make_gradcam(model, block)
         grid = _gradcam_grid(model, variables, block=block, size=size)
     elif method == "occlusion":
         patch, stride = occlusion_geometry(size)
         grid = len(range(0, size - patch + 1, stride))
     else:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    out = {"method": method, "threshold": threshold, "which": which, "seed": seed}
+        raise ExplainError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    out = {"method": method, "threshold": threshold, "which": which, "seed": seed, "grid": grid}
+    if method == "gradcam":
+        out["block"] = block
     for k, finding in enumerate(findings):
         if finding not in taxonomy.findings:
-            raise ValueError(f"the run's findings ({', '.join(taxonomy.findings)}) do not include {finding!r}")
+            raise ExplainError(f"the run's findings ({', '.join(taxonomy.findings)}) do not include {finding!r}")
         f = taxonomy.findings.index(finding)
         images, masks = phantom_lesions(finding, n_images, size=size, seed=seed + k)
         if method == "gradcam":
@@ -329,7 +351,9 @@ def _gradcam_grid(model, variables, *, block: str, size: int) -> int:
 
 
 # ----------------------------------------------------------------------------- files
-def explain_files(run_dir, paths, out_dir, *, method: str = "gradcam", which: str = "phase2") -> list[dict]:
+def explain_files(
+    run_dir, paths, out_dir, *, method: str = "gradcam", which: str = "phase2", block: str | None = None
+) -> list[dict]:
     """One PNG per image file in ``out_dir`` (scintigram, heat map and overlay of each
     predicted finding, probabilities) and ``explain.json``; returns its rows
     ``{file, png, findings, probabilities}``."""
@@ -339,14 +363,14 @@ def explain_files(run_dir, paths, out_dir, *, method: str = "gradcam", which: st
     from jaxthyroid.data import transforms
 
     if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+        raise ExplainError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     for p in paths:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p}: no such image file")
     cfg, taxonomy, model, variables = cross_training.load_run(run_dir, which)
     counts = np.stack([images_lib.load_image(p, cfg.data.size) for p in paths])  # uint16 [N, H, W, 1]
     x = transforms.normalize_counts(counts.astype(np.float32))
-    maps, logits = heat_maps(method, model, variables, x)
+    maps, logits = heat_maps(method, model, variables, x, block=block)
     probs = np.asarray(jax.nn.sigmoid(logits))
     predicted = findings_lib.predict(probs, decision=cfg.decision, taxonomy=taxonomy)
     out = pathlib.Path(out_dir)

@@ -47,6 +47,18 @@ def test_gradcam_equals_cam_of_the_linear_head(cross):
     assert maps.max() == pytest.approx(1.0, rel=2 * 2.0**-23) and maps.min() >= 0.0
 
 
+def test_gradcam_of_an_earlier_block_and_a_clear_error_for_an_unknown_one():
+    model = registry.get_model("resnet_tiny", num_classes=6)  # torchvision stem: 32² -> 8² into stage 1
+    variables = model.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 1)), train=False)
+    x = np.random.default_rng(1).uniform(size=(2, SIZE, SIZE, 1)).astype(np.float32)
+    maps, _ = explain.heat_maps("gradcam", model, variables, x, block="stage1_block1")
+    assert maps.shape == (2, 6, SIZE, SIZE) and maps.max() > 0
+    with pytest.raises(explain.ExplainError, match="stage1_block1"):
+        explain.heat_maps("gradcam", model, variables, x, block="stage9_block1")
+    with pytest.raises(explain.ExplainError, match="occlusion"):
+        explain.heat_maps("saliency", model, variables, x)
+
+
 def test_occlusion_marks_the_only_pixels_the_model_sees():
     """A 'model' whose logit is the mean of the top-left 8×8 corner: occluding elsewhere
     changes nothing, so the map is zero outside the windows that touch the corner."""
@@ -103,7 +115,7 @@ def test_phantom_lesions_give_nodule_and_gland_masks():
     assert all(images[i, ..., 0][masks[i]].mean() > images[i].mean() for i in range(3))
     _, gland = explain.phantom_lesions("graves", 2, size=64, seed=0)
     assert (gland.sum(axis=(1, 2)) > nodule.max()).all()
-    with pytest.raises(ValueError, match="no lesion mask"):
+    with pytest.raises(explain.ExplainError, match="no lesion mask"):
         explain.phantom_lesions("normal", 1, size=64, seed=0)
 
 
@@ -152,5 +164,5 @@ def test_localisation_report_beside_the_random_baseline(run_dir):
         for source in ("gradcam", "random"):
             assert set(r[source]) == {"pointing_game", "iou"}
             assert 0.0 <= r[source]["pointing_game"] <= 1.0 and 0.0 <= r[source]["iou"] <= 1.0
-    with pytest.raises(ValueError, match="no lesion mask"):
+    with pytest.raises(explain.ExplainError, match="no lesion mask"):
         explain.localisation_report(run_dir, n_images=2, findings=("normal",))

@@ -174,3 +174,14 @@ def test_imported_logits_equal_torchvision(arch):
         # Two summation orders of the same network (torch's and XLA's): rounding bound
         # from its depth and largest fan-in, at the logits' scale.
         np.testing.assert_allclose(got, want, **network_tolerance(variables["params"], scale=max_abs(want)))
+
+
+def test_pth_state_dict_reads_like_safetensors(tmp_path):
+    torch = pytest.importorskip("torch", reason="reading .pth needs torch")
+    state = _random_state("resnet18", seed=2)
+    path = tmp_path / "resnet18.pth"
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, path)  # a wrapped checkpoint
+    read = torchvision_import.read_state_dict(path)
+    assert read.keys() == state.keys()
+    for k, v in state.items():
+        np.testing.assert_array_equal(read[k], v)
