@@ -258,3 +258,24 @@ def test_clean_phantom_images_are_the_noisy_images_truth():
     assert np.all(error < 0.1) and np.all(error > 0)
     assert srgan.clean_phantom_images(source, [0, 1, 2], seed=6) is None  # another data set's truth
     assert srgan.clean_phantom_images(records(3), [0, 1, 2], seed=5) is None  # not phantom records
+
+
+def test_augment_command_warns_about_a_failed_gate(trained, tmp_path, capsys):
+    pytest.importorskip("tensorflow_datasets")
+    import argparse
+
+    root, *_ = trained
+    failing = quality.quality_gate(
+        {"agreement": 0.1, "real_test_agreement": 0.9, "frechet_generated_vs_real": 5.0, "frechet_real_vs_real": 0.2}
+    )
+    quality.write_verdict(root, failing)
+    try:
+        args = argparse.Namespace(
+            gan_dir=str(root), dcgan_dir=None, srgan_dir=None, per_set=1, data_dir=str(tmp_path), name="cli", seed=0
+        )
+        generate.augment_command(args)
+    finally:
+        (root / quality.VERDICT_FILE).unlink()
+    out = capsys.readouterr()
+    assert "FAIL THE QUALITY GATE" in out.err and "agreement 0.100" in out.err
+    assert out.out.strip().endswith("1.0.0")  # the written set's folder

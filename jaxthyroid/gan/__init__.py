@@ -7,14 +7,16 @@ The paper's augmentation (DESIGN §1, points 1–2), composed from the models
 
   images     real images as the GANs see them; batching helpers
   budget     step budgets and the index batches every GAN training draws
-  dcgan      train_dcgan, load_dcgan_generator, dcgan_images
+  dcgan      train_dcgan (conditional; projection D, optional AC-GAN head),
+             load_dcgan_generator, dcgan_images
   srgan      train_srgan (SRResNet pre-training, then SRGAN; PSNR/SSIM against the
              noisy and, for phantom data, the noise-free high-resolution image)
   generate   generate, augment (a synthetic TFDS set), augment_command (the CLI)
   quality    generation_quality (a judge trained on real images), quality_gate
 
-Import order (no cycles): images <- budget <- dcgan, srgan <- generate <- quality
-uses only images.
+Imports (no cycles): budget, dcgan, srgan, generate and quality build on images;
+dcgan and srgan on budget; generate on dcgan and srgan (and, for the CLI's verdict,
+quality, lazily); quality on images only.
 
 Images everywhere: real counts are normalised per image to [0, 1] (99.5th
 percentile, :func:`jaxthyroid.data.transforms.normalize_counts`, as the classifier's
