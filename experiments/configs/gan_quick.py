@@ -7,7 +7,7 @@ Command:
   Overrides as usual: --config.dcgan.steps=1000 --config.srgan.gan_steps=0 ...
 
 What it does: builds the 64² phantom (1,920 train / 192 validation / 384 test images),
-trains the class-conditional DCGAN at 32² (one class per finding set, 12) for 3,000
+trains the class-conditional DCGAN at 32² (one class per finding set, 12) for 6,000
 optimiser steps, pre-trains an SRResNet ×2 on MSE and fine-tunes it as SRGAN, scores
 bicubic / SRResNet / SRGAN on 200 test images (PSNR, SSIM) against the noisy and the
 noise-free high-resolution image, generates 30 images per finding set at 64², trains a
@@ -40,7 +40,7 @@ def get_config():
             nz=64,
             ngf=16,
             ndf=16,
-            steps=3000,
+            steps=6000,
             batch_size=32,
             learning_rate=2e-4,
             aux_weight=1.0,

@@ -42,7 +42,7 @@ def get_config():
             nz=64,
             ngf=16,
             ndf=16,
-            steps=3000,
+            steps=6000,
             batch_size=32,
             learning_rate=2e-4,
             aux_weight=1.0,

@@ -117,8 +117,10 @@ def generation_quality(
       one; ``agreement_per_set`` (folder name -> share); ``real_test_agreement`` (the
       same on real test images: the classifier's own exact-match accuracy, the
       ceiling to compare with); ``frechet_generated_vs_real`` (real test vs generated)
-      and ``frechet_real_vs_real`` (real train vs real test, the floor), both in the
-      classifier's ``feature_space`` (``head_input``: penultimate, or ``logits``).
+      and ``frechet_real_vs_real`` (as many real train images as generated ones vs
+      the same real test images: the floor at the same sample size, since the
+      estimate grows as samples shrink), both in the classifier's ``feature_space``
+      (``head_input``: penultimate, or ``logits``).
     """
     variables = variables_of(state)
     synthetic_images = np.asarray(synthetic_images, np.float32)
@@ -149,11 +151,24 @@ def generation_quality(
         "agreement_per_set": per_set,
         "real_test_agreement": float(np.mean(predicted_sets(test_logits) == test_ids)),
         "frechet_generated_vs_real": metrics_lib.frechet_distance(test_feats, gen_feats),
-        "frechet_real_vs_real": metrics_lib.frechet_distance(train_feats, test_feats),
+        # The estimate grows as the sample shrinks: the floor compares as many real training
+        # images as there are generated ones with the same test images.
+        "frechet_real_vs_real": metrics_lib.frechet_distance(_same_size(train_feats, len(gen_feats)), test_feats),
         "feature_space": space,
         "feature_dim": int(gen_feats.shape[1]),
-        "images": {"generated": int(len(gen)), "real_train": int(len(train_x)), "real_test": int(len(test_x))},
+        "images": {
+            "generated": int(len(gen)),
+            "real_train": int(min(len(train_x), len(gen))),
+            "real_test": int(len(test_x)),
+        },
     }
+
+
+def _same_size(features: np.ndarray, n: int) -> np.ndarray:
+    """A fixed random subset of ``n`` rows (all rows when there are no more than ``n``)."""
+    if len(features) <= n:
+        return features
+    return features[np.sort(np.random.default_rng(0).permutation(len(features))[:n])]
 
 
 def quality_gate(quality: dict) -> dict:
