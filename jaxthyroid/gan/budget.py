@@ -119,7 +119,12 @@ def train(
     num_epochs = -(-steps // steps_per_epoch)
 
     def train_batches(epoch):
-        return ({k: v[idx] for k, v in arrays.items()} for idx in epoch_batches(n, batch_size, seed, epoch))
+        # Every process draws the same global batch and keeps its block of rows
+        # (parallel.process_rows; all of them with one process), so the global batch
+        # the step sees does not depend on how devices spread over processes.
+        for idx in epoch_batches(n, batch_size, seed, epoch):
+            rows = parallel.process_rows(idx, mesh)
+            yield {k: v[rows] for k, v in arrays.items()}
 
     place_batch = (lambda batch: parallel.shard_batch(batch, mesh)) if mesh is not None else None
     started = time.perf_counter()
