@@ -200,15 +200,22 @@ def heat_maps(
 def pointing_game(maps, masks) -> np.ndarray:
     """Hits ``[N]`` (bool): the maximum of each map ``[N, H, W]`` lies inside its mask ``[N, H, W]``.
 
-    The maximum is the first in row-major order among equal values; a flat map (max =
-    min, e.g. an all-zero Grad-CAM) points nowhere and is a miss.
+    The maximum's location is the centroid (rounded) of the pixels at the maximum: one
+    pixel unless the map has a plateau there, as a coarse map upsampled bilinearly has
+    at its clamped border (a 2×2 Grad-CAM's maximum is a whole corner block; taking its
+    first pixel would always point at the image's edge). A flat map (max = min, e.g. an
+    all-zero Grad-CAM) points nowhere and is a miss.
     """
     maps, masks = np.asarray(maps), np.asarray(masks) > 0.5
-    n = maps.shape[0]
-    flat = maps.reshape(n, -1)
-    top = flat.argmax(axis=1)
-    inside = masks.reshape(n, -1)[np.arange(n), top]
-    return inside & (flat.max(axis=1) > flat.min(axis=1))
+    n, h, w = maps.shape
+    peak = maps.max(axis=(1, 2), keepdims=True)
+    at_peak = maps >= peak
+    rows, cols = np.arange(h)[None, :, None], np.arange(w)[None, None, :]
+    count = at_peak.sum(axis=(1, 2))
+    row = np.rint((at_peak * rows).sum(axis=(1, 2)) / count).astype(int)
+    col = np.rint((at_peak * cols).sum(axis=(1, 2)) / count).astype(int)
+    inside = masks[np.arange(n), row, col]
+    return inside & (peak[:, 0, 0] > maps.min(axis=(1, 2)))
 
 
 def iou(maps, masks, threshold: float = 0.5) -> np.ndarray:

@@ -87,6 +87,13 @@ def test_pointing_game_and_iou_on_known_cases():
     maps = np.stack([inside, outside, flat, mask.astype(np.float32)])
     masks = np.stack([mask] * 4)
     np.testing.assert_array_equal(explain.pointing_game(maps, masks), [True, False, False, True])
+    # A plateau at the maximum points at its centre: two equal peaks either side of the
+    # mask point into it, two inside its top-left corner region stay inside.
+    twin = np.zeros((SIZE, SIZE), np.float32)
+    twin[12, 2] = twin[12, 22] = 1.0  # centroid (12, 12): inside, though neither peak is
+    corner = np.zeros((SIZE, SIZE), np.float32)
+    corner[:4, :4] = 1.0  # centroid (1.5, 1.5) -> (2, 2): outside
+    np.testing.assert_array_equal(explain.pointing_game(np.stack([twin, corner]), masks[:2]), [True, False])
     half = np.zeros((SIZE, SIZE), np.float32)
     half[8:16, 12:20] = 1.0  # 32 of its 64 pixels on the mask: IoU 32 / 96
     ious = explain.iou(np.stack([mask.astype(np.float32), half, outside, flat]), np.stack([mask] * 4))
