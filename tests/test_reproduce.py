@@ -104,7 +104,10 @@ def test_report_is_complete_and_matches_json(finished_run):
     assert set(numbers["scarcity"]) == {"2"}
     # Steps and images seen per arm; compared arms equal; the final model's run directory.
     steps = numbers["steps"]
-    assert steps["full method (phase 1 + phase 2)"]["steps"] == steps["ResNet, plain, trained once (control)"]["steps"]
+    assert (
+        steps["full method (phase 1 + phase 2)"]["steps"]
+        == steps["ResNet, plain, trained once on real images (control)"]["steps"]
+    )
     assert steps["without GAN augmentation"]["steps"] == steps["full method (phase 1 + phase 2)"]["steps"]
     for arm in steps.values():
         assert arm["images seen"] == arm["steps"] * arm["batch"] > 0
@@ -134,8 +137,9 @@ def test_every_compared_pair_is_step_matched(preset):
             assert a == b, row
     # The two-phase model's phase 1 + phase 2 = the control's steps, and a change that
     # breaks it is refused before anything trains.
-    full = next(r for r in rows if r["claim"] == "two-phase + cross vs plain")
-    assert [p["steps"] for p in full["a_phases"]] == [cfg.classifier.phase1.steps, cfg.classifier.phase2.steps]
+    method = next(r for r in rows if r["claim"] == "two-phase + cross vs plain")
+    assert [p["steps"] for p in method["a_phases"]] == [cfg.classifier.phase1.steps, cfg.classifier.phase2.steps]
+    assert method["a"] == "no_gan:phase2" and method["b"] == "plain:plain"  # both on real images only
     with pytest.raises(reproduce.config_lib.ConfigError, match="not step-matched"):
         reproduce.check_step_matched(reproduce.load_preset(preset, ["classifier.plain.steps=7"]))
 
