@@ -201,7 +201,10 @@ def _cmd_weights_import(args) -> None:
         f"imported {info['arch']} ({info['parameters']:,} parameters, {info['in_channels']} input channel(s), "
         f"head dropped) -> {info['out']}"
     )
-    print(f"  start a training from it with --config.model.name={info['arch']} --config.model.stem=imagenet")
+    print(
+        f"  fits --config.model.name={info['arch']} --config.model.num_filters=0 --config.model.stem=imagenet "
+        "(torchvision's width and stem)"
+    )
 
 
 # --------------------------------------------------------------------------- parser
