@@ -20,6 +20,10 @@ from jaxthyroid.report import json_default
 def write_json(path: str | pathlib.Path, obj: Any, *, indent: int = 2) -> None:
     """Writes ``obj`` as JSON to ``path`` atomically (a temporary file, then a rename);
     numpy/JAX values and paths are converted (:func:`jaxthyroid.report.json_default`)."""
+    from jaxthyroid import parallel
+
+    if not parallel.is_primary():  # multi-host: process 0 writes the run's files
+        return
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=indent, default=json_default))

@@ -58,7 +58,7 @@ def place(state, mesh):
 def abstract(make_state):
     """Shapes, dtypes and (one-device) shardings of ``make_state(key)``, nothing computed:
     a template to restore a checkpoint into without compiling an init."""
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shapes = jax.eval_shape(make_state, jax.random.key(0))
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), shapes)
 

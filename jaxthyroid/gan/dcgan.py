@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from jaxthyroid import findings as findings_lib
-from jaxthyroid import report, run_files, xla_options
+from jaxthyroid import parallel, report, run_files, xla_options
 from jaxthyroid.gan import budget
 from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import dcgan
@@ -126,7 +126,8 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
         next_grid[0] = (record["step"] // every + 1) * every
         samples = dcgan_images(generator, variables_of(state.generator), grid_ids, sample_key)
         path = workdir / f"samples_step{record['step']}.png"
-        report.contact_sheet(images_lib.by_set(samples, grid_ids), path, per_row=per_row)
+        if parallel.is_primary():  # every process samples (a collective on the mesh); one writes
+            report.contact_sheet(images_lib.by_set(samples, grid_ids), path, per_row=per_row)
 
     _, summary = budget.train(
         workdir,

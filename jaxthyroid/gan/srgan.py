@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 
 from jaxthyroid import metrics as metrics_lib
-from jaxthyroid import report, run_files, xla_options
+from jaxthyroid import parallel, report, run_files, xla_options
 from jaxthyroid.gan import budget
 from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import srgan
@@ -169,11 +169,12 @@ def _evaluate(g, srresnet_vars, srgan_vars, test_source, cfg, *, hr_size, lr_siz
         if clean is not None:
             row["HR noise-free"] = clean[i]
         rows.append(row)
-    report.sr_comparison(
-        rows,
-        workdir / "sr_comparison.png",
-        title=f"×{cfg.scale} super-resolution, {lr_size}² -> {hr_size}² (PSNR / SSIM against the noisy HR)",
-    )
+    if parallel.is_primary():  # every process scored the images (collectives); one writes the figure
+        report.sr_comparison(
+            rows,
+            workdir / "sr_comparison.png",
+            title=f"×{cfg.scale} super-resolution, {lr_size}² -> {hr_size}² (PSNR / SSIM against the noisy HR)",
+        )
     return {**scores, "eval_images": int(len(test_hr))}
 
 
