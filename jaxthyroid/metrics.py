@@ -21,7 +21,9 @@ on the single-feature, cross-feature and all test images (DESIGN §2).
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -244,3 +246,18 @@ def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     tr_sqrt = float(np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None))))
     d2 = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2.0 * tr_sqrt)
     return max(d2, 0.0)
+
+
+# -- intervals over seeds ----------------------------------------------------------
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its two-sided t-interval over seeds:
+    ``t_{(1+confidence)/2, n-1} · s / sqrt(n)`` (NaN half-width for one value; NaNs ignored)."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    if v.size == 1:
+        return float(v[0]), float("nan")
+    t = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1))
+    return float(v.mean()), t * float(v.std(ddof=1)) / math.sqrt(v.size)

@@ -24,7 +24,11 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import report
-from jaxthyroid.reproduce import PAPER, mean_interval
+from jaxthyroid.metrics import mean_interval
+
+# The paper's figures (Yan'an University 2020): validation accuracy and loss after 100
+# epochs; recall, precision, specificity and F1 all at least 93.8 %.
+PAPER = {"val_accuracy": 0.9633, "val_loss": 0.1187, "other_metrics_min": 0.938}
 
 METRICS = ("exact_match", "recall", "precision", "specificity", "f1", "auc")
 

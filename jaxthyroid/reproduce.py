@@ -27,7 +27,6 @@ from the stages' results.
 from __future__ import annotations
 
 import json
-import math
 import os
 import pathlib
 import shutil
@@ -42,9 +41,6 @@ from jaxthyroid import report
 
 STAGES = ("data", "gan", "synthetic", "classifier", "ablations", "baselines", "scarcity")
 
-# The paper's figures (Yan'an University 2020): validation accuracy and loss after 100
-# epochs; recall, precision, specificity and F1 all at least 93.8 %.
-PAPER = {"val_accuracy": 0.9633, "val_loss": 0.1187, "other_metrics_min": 0.938}
 
 
 # ----------------------------------------------------------------------------- stage runner
@@ -428,25 +424,3 @@ def run(
     path = paper_report.write(out, cfg, per_seed, elapsed_s=time.perf_counter() - start)
     print(f"report written in {time.perf_counter() - start:.0f} s in all", flush=True)
     return path
-
-
-def mean_spread(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value; NaNs ignored)."""
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
-
-
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Mean and the half-width of its two-sided t-interval over seeds:
-    ``t_{(1+confidence)/2, n-1} · s / sqrt(n)`` (NaN half-width for one value; NaNs ignored)."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan")
-    if v.size == 1:
-        return float(v[0]), float("nan")
-    t = float(stats.t.ppf(0.5 + confidence / 2.0, v.size - 1))
-    return float(v.mean()), t * float(v.std(ddof=1)) / math.sqrt(v.size)

@@ -24,27 +24,9 @@ from collections.abc import Iterator
 import numpy as np
 
 from jaxthyroid.data import transforms
+from jaxthyroid.data.transforms import preprocess
 
 BATCH_KEYS = ("image", "findings", "finding_set", "subset", "synthetic")
-
-
-def preprocess(
-    record: dict, augment: transforms.AugmentConfig | None = None, rng: np.random.Generator | None = None
-) -> dict:
-    """One stored record -> one model example (see the module docstring, without ``B``).
-
-    With ``augment``, the raw counts are thinned and warped first (``rng`` draws it).
-    """
-    counts = np.asarray(record["image"], np.float32)
-    if augment is not None:
-        counts = transforms.augment_counts_np(counts, augment, rng)
-    return {
-        "image": transforms.normalize_counts(counts),
-        "findings": np.asarray(record["findings"], np.float32),
-        "finding_set": np.int32(record["finding_set"]),
-        "subset": np.int32(record["subset"]),
-        "synthetic": np.int32(record.get("synthetic", 0)),
-    }
 
 
 def _make_transforms(augment):
