@@ -42,7 +42,6 @@ from jaxthyroid import report
 STAGES = ("data", "gan", "synthetic", "classifier", "ablations", "baselines", "scarcity")
 
 
-
 # ----------------------------------------------------------------------------- stage runner
 class StageRunner:
     """Runs named stages once: skips finished ones, redoes forced ones, times each."""
