@@ -23,7 +23,7 @@ import train_tiny  # noqa: E402
 from jaxthyroid.train import loop  # noqa: E402
 from jaxthyroid.train import state as state_lib
 from jaxthyroid.train.checkpoint import CheckpointError  # noqa: E402
-from jaxthyroid.train.logging import read_metrics  # noqa: E402
+from jaxthyroid.train.run_log import read_metrics  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 

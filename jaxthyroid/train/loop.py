@@ -30,7 +30,7 @@ import numpy as np
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import parallel
 from jaxthyroid.train import checkpoint as ckpt_lib
-from jaxthyroid.train import logging as log_lib
+from jaxthyroid.train import run_log as log_lib
 from jaxthyroid.train.checkpoint import CheckpointError  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
