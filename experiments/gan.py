@@ -33,7 +33,7 @@ def classifier_config(cfg, workdir: pathlib.Path):
             c.data[k] = cfg.data[k]
         c.data.batch_size = cfg.classifier.batch_size
         c.model.name = cfg.classifier.model
-        c.model.num_filters = cfg.classifier.get("num_filters", 0)  # 0: the model's own width
+        c.model.num_filters = cfg.classifier.num_filters  # 0: the model's own width
         c.plain.epochs = cfg.classifier.epochs
         c.plain.learning_rate = cfg.classifier.learning_rate
     return c

@@ -55,3 +55,37 @@ def test_no_config_read_with_a_default(module):
     # cfg.x.get(...), c.data.get(...), cfg[name].get(...), p.get(...): a config read hiding a key.
     reads = re.findall(r"\b(?:cfg|c|p|data_cfg|phase_cfg)(?:\.\w+|\[[^\]]+\])*\.get\(", source)
     assert not reads, reads
+
+
+def _gan_blocks(name):
+    cfg = config_lib.load_config(name)
+    return (cfg.gan.dcgan, cfg.gan.srgan) if "gan" in cfg else (cfg.dcgan, cfg.srgan)
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("reproduce_") or n == "gan_quick"])
+def test_every_gan_key_is_declared(name):
+    """The GAN blocks declare every key the trainings read (jaxthyroid.gan.settings), so
+    each is overridable from the command line."""
+    from jaxthyroid.gan import settings
+
+    dcgan_cfg, srgan_cfg = _gan_blocks(name)
+    assert set(dcgan_cfg) == set(settings.DCGAN)
+    assert set(srgan_cfg) == set(settings.SRGAN)
+    prefix = "dcgan" if name == "gan_quick" else "gan.dcgan"
+    overridden = config_lib.load_config(name, [f"--config.{prefix}.label_std=1.5"])
+    assert (overridden.dcgan if name == "gan_quick" else overridden.gan.dcgan).label_std == 1.5
+
+
+def test_an_unknown_gan_key_is_an_error():
+    from jaxthyroid.gan import settings
+
+    with pytest.raises(config_lib.ConfigError, match="label_sdt"):
+        settings.complete({"label_sdt": 1.0}, settings.DCGAN)
+    assert settings.complete({"steps": 7}, settings.DCGAN).steps == 7
+
+
+@pytest.mark.parametrize("module", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "jaxthyroid" / "gan").glob("*.py")))
+def test_no_gan_config_read_with_a_default(module):
+    source = (ROOT / module).read_text()
+    reads = re.findall(r"\b(?:cfg|c|gan_cfg|dcgan_cfg|srgan_cfg)(?:\.\w+|\[[^\]]+\])*\.get\(", source)
+    assert not reads, reads

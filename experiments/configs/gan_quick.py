@@ -20,6 +20,8 @@ finished one is skipped. Runtime and results: docs/gan.md.
 
 import ml_collections
 
+from jaxthyroid.gan import settings
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -34,40 +36,36 @@ def get_config():
     # default scale) to z, D has a projection term and an auxiliary finding-set classifier
     # (AC-GAN, aux_weight); chosen by measurement against a judge (docs/gan.md): label_std=1.0
     # and conditional BatchNorm collapse each finding set to one image.
-    c.dcgan = ml_collections.ConfigDict(
-        dict(
-            image_size=32,
-            nz=64,
-            ngf=16,
-            ndf=16,
-            steps=6000,
-            batch_size=32,
-            learning_rate=2e-4,
-            aux_weight=1.0,
-            sample_every_steps=1000,
-            checkpoint_every_steps=1000,
-        )
+    c.dcgan = settings.dcgan_config(
+        image_size=32,
+        nz=64,
+        ngf=16,
+        ndf=16,
+        steps=6000,
+        batch_size=32,
+        learning_rate=2e-4,
+        aux_weight=1.0,
+        sample_every_steps=1000,
+        checkpoint_every_steps=1000,
     )
-    c.srgan = ml_collections.ConfigDict(
-        dict(
-            # The MSE pre-training at 1e-3: at Ledig's 1e-4 a CPU-sized run stays below bicubic.
-            scale=2,
-            num_blocks=4,
-            features=32,
-            bicubic_skip=True,
-            pretrain_steps=300,
-            gan_steps=100,
-            batch_size=16,
-            learning_rate=1e-4,
-            pretrain_learning_rate=1e-3,
-            adversarial_weight=1e-3,
-            content_loss="feature_matching",
-            eval_images=200,
-            # A discriminator sized for the CPU: the paper's widths/4, pooled to 4×4 before its dense layers.
-            d_features=16,
-            d_dense_features=256,
-            d_pool_size=4,
-        )
+    c.srgan = settings.srgan_config(
+        # The MSE pre-training at 1e-3: at Ledig's 1e-4 a CPU-sized run stays below bicubic.
+        scale=2,
+        num_blocks=4,
+        features=32,
+        bicubic_skip=True,
+        pretrain_steps=300,
+        gan_steps=100,
+        batch_size=16,
+        learning_rate=1e-4,
+        pretrain_learning_rate=1e-3,
+        adversarial_weight=1e-3,
+        content_loss="feature_matching",
+        eval_images=200,
+        # A discriminator sized for the CPU: the paper's widths/4, pooled to 4×4 before its dense layers.
+        d_features=16,
+        d_dense_features=256,
+        d_pool_size=4,
     )
 
     c.generate = ml_collections.ConfigDict(dict(per_set=30))

@@ -19,6 +19,7 @@ import pathlib
 import ml_collections
 
 from jaxthyroid import config
+from jaxthyroid.gan import settings
 
 
 def _load(name):
@@ -38,39 +39,35 @@ def get_config():
     # docs/gan.md): label embedding + projection discriminator + AC-GAN classifier head.
     # 3,000 DCGAN steps (gan_quick.py trains 6,000) keep `make demo` near 10 minutes; the
     # judge's agreement at 3,000 vs 6,000 steps is compared in README.md.
-    c.gan.dcgan = ml_collections.ConfigDict(
-        dict(
-            image_size=32,
-            nz=64,
-            ngf=16,
-            ndf=16,
-            steps=3000,
-            batch_size=32,
-            learning_rate=2e-4,
-            aux_weight=1.0,
-            sample_every_steps=1000,
-            checkpoint_every_steps=1000,
-        )
+    c.gan.dcgan = settings.dcgan_config(
+        image_size=32,
+        nz=64,
+        ngf=16,
+        ndf=16,
+        steps=3000,
+        batch_size=32,
+        learning_rate=2e-4,
+        aux_weight=1.0,
+        sample_every_steps=1000,
+        checkpoint_every_steps=1000,
     )
     # SRResNet and SRGAN at CPU size: 2 residual blocks, a narrow discriminator.
-    c.gan.srgan = ml_collections.ConfigDict(
-        dict(
-            scale=2,
-            num_blocks=2,
-            features=32,
-            bicubic_skip=True,
-            pretrain_steps=200,
-            gan_steps=50,
-            batch_size=16,
-            learning_rate=1e-4,
-            pretrain_learning_rate=1e-3,
-            adversarial_weight=1e-3,
-            content_loss="feature_matching",
-            d_features=16,
-            d_dense_features=256,
-            d_pool_size=4,
-            eval_images=120,
-        )
+    c.gan.srgan = settings.srgan_config(
+        scale=2,
+        num_blocks=2,
+        features=32,
+        bicubic_skip=True,
+        pretrain_steps=200,
+        gan_steps=50,
+        batch_size=16,
+        learning_rate=1e-4,
+        pretrain_learning_rate=1e-3,
+        adversarial_weight=1e-3,
+        content_loss="feature_matching",
+        d_features=16,
+        d_dense_features=256,
+        d_pool_size=4,
+        eval_images=120,
     )
 
     c.synthetic = ml_collections.ConfigDict(dict(per_set=40, ratio=0.5))

@@ -23,16 +23,14 @@ from jaxthyroid.train.checkpoint import CheckpointError, Checkpoints
 
 
 def steps_of(cfg, name: str, steps_per_epoch: int) -> int:
-    """The step budget ``cfg.<name>_steps`` (``cfg.steps`` when ``name`` is empty), or
-    ``cfg.<name>_epochs`` × ``steps_per_epoch`` when only epochs are given. 0 is allowed."""
+    """The step budget of a completed GAN config (:mod:`jaxthyroid.gan.settings`):
+    ``cfg.<name>_epochs`` × ``steps_per_epoch`` when those epochs are > 0, else
+    ``cfg.<name>_steps`` (``steps`` / ``epochs`` when ``name`` is empty). 0 is allowed."""
     prefix = f"{name}_" if name else ""
-    steps = cfg.get(f"{prefix}steps", None)
-    if steps is not None:
-        return int(steps)
-    epochs = cfg.get(f"{prefix}epochs", None)
-    if epochs is None:
-        raise ValueError(f"the GAN config needs {prefix}steps (or {prefix}epochs)")
-    return int(epochs) * int(steps_per_epoch)
+    epochs = cfg[f"{prefix}epochs"]
+    if epochs > 0:
+        return int(epochs) * int(steps_per_epoch)
+    return int(cfg[f"{prefix}steps"])
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int):
@@ -45,7 +43,7 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int):
 def data_mesh(cfg, batch_size: int):
     """The ``data`` mesh over all devices when the batch splits evenly, else None."""
     n = jax.device_count()
-    if not cfg.get("data_parallel", True) or n == 1 or batch_size % n:
+    if not cfg.data_parallel or n == 1 or batch_size % n:
         return None
     return parallel.make_mesh(n)
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import parallel, report, run_files, xla_options
-from jaxthyroid.gan import budget
+from jaxthyroid.gan import budget, settings
 from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import dcgan
 from jaxthyroid.train import gan_steps
@@ -36,23 +36,24 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     classifier head, :func:`jaxthyroid.train.gan_steps.make_dcgan_step`),
     ``fast_upsample`` (default True), ``conv_im2col`` (default None: im2col convs on the CPU backend only).
     """
+    cfg = settings.complete(cfg, settings.DCGAN)
     g = dcgan.Generator(
         channels=1,
         image_size=cfg.image_size,
         nz=cfg.nz,
         ngf=cfg.ngf,
         num_classes=taxonomy.num_sets,
-        label_std=cfg.get("label_std", None),
-        conditional_norm=cfg.get("conditional_norm", False),
-        fast_upsample=cfg.get("fast_upsample", True),
-        conv_im2col=cfg.get("conv_im2col", None),
+        label_std=cfg.label_std,
+        conditional_norm=cfg.conditional_norm,
+        fast_upsample=cfg.fast_upsample,
+        conv_im2col=cfg.conv_im2col,
     )
     d = dcgan.Discriminator(
         image_size=cfg.image_size,
         ndf=cfg.ndf,
         num_classes=taxonomy.num_sets,
-        aux_classifier=taxonomy.num_sets if cfg.get("aux_weight", 0.0) > 0 else 0,
-        conv_im2col=cfg.get("conv_im2col", None),
+        aux_classifier=taxonomy.num_sets if cfg.aux_weight > 0 else 0,
+        conv_im2col=cfg.conv_im2col,
     )
     return g, d
 
@@ -99,6 +100,7 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
       ``{'steps', 'epochs', 'batch_size', 'images_seen', 'final_d_loss', 'final_g_loss',
       'final_real_score', 'final_fake_score', 'images_per_s', 'seconds', 'image_size', ...}``.
     """
+    cfg = settings.complete(cfg, settings.DCGAN)
     workdir = pathlib.Path(workdir)
     if (workdir / DONE_FILE).exists():
         return json.loads((workdir / DONE_FILE).read_text())
@@ -110,13 +112,13 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
     _, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
     generator, discriminator, state = _template(cfg, init_key(seed))
     mesh = budget.data_mesh(cfg, cfg.batch_size)
-    aux_weight = float(cfg.get("aux_weight", 0.0))
+    aux_weight = float(cfg.aux_weight)
     step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True, aux_weight=aux_weight)
 
     num_sets = findings_lib.DEFAULT.num_sets
     per_row = 6
     grid_ids = np.repeat(np.arange(num_sets, dtype=np.int32), per_row)
-    every = int(cfg.get("sample_every_steps", 0) or max(1, steps // 3))
+    every = int(cfg.sample_every_steps or max(1, steps // 3))
     next_grid = [every]
 
     def after_epoch(epoch, state, record):
@@ -141,7 +143,7 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
         key=step_key,
         metric_keys=METRICS + (("aux_loss",) if aux_weight > 0 else ()),
         mesh=mesh,
-        checkpoint_every_steps=cfg.get("checkpoint_every_steps", None),
+        checkpoint_every_steps=cfg.checkpoint_every_steps,
         on_epoch_end=after_epoch,
     )
     summary["image_size"] = int(cfg.image_size)
@@ -161,7 +163,7 @@ def load_dcgan_generator(dcgan_dir, cfg=None):
     """``(generator, variables)`` of a trained DCGAN (latest checkpoint). ``cfg``
     defaults to the run's ``config.json``."""
     dcgan_dir = pathlib.Path(dcgan_dir)
-    cfg = cfg if cfg is not None else saved_config(dcgan_dir)
+    cfg = settings.complete(cfg if cfg is not None else saved_config(dcgan_dir), settings.DCGAN)
     generator, _ = dcgan_models(cfg)
     template = budget.abstract(lambda key: _template(cfg, key)[2])
     state = budget.restore_latest(dcgan_dir / "checkpoints", template)

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxthyroid import metrics as metrics_lib
 from jaxthyroid import parallel, report, run_files, xla_options
-from jaxthyroid.gan import budget
+from jaxthyroid.gan import budget, settings
 from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import srgan
 from jaxthyroid.train import gan_steps
@@ -40,19 +40,20 @@ def srgan_models(cfg):
     discriminator: ``d_features`` (64), ``d_dense_features`` (1024), ``d_pool_size``
     (None = the paper's flatten; an int average-pools to that grid first);
     ``conv_im2col`` (None = im2col convs on the CPU backend only) goes to both."""
+    cfg = settings.complete(cfg, settings.SRGAN)
     g = srgan.SRResNet(
         channels=1,
         scale=cfg.scale,
         num_blocks=cfg.num_blocks,
         features=cfg.features,
-        bicubic_skip=cfg.get("bicubic_skip", False),
-        conv_im2col=cfg.get("conv_im2col", None),
+        bicubic_skip=cfg.bicubic_skip,
+        conv_im2col=cfg.conv_im2col,
     )
     d = srgan.SRDiscriminator(
-        features=cfg.get("d_features", 64),
-        dense_features=cfg.get("d_dense_features", 1024),
-        pool_size=cfg.get("d_pool_size", None),
-        conv_im2col=cfg.get("conv_im2col", None),
+        features=cfg.d_features,
+        dense_features=cfg.d_dense_features,
+        pool_size=cfg.d_pool_size,
+        conv_im2col=cfg.conv_im2col,
     )
     return g, d
 
@@ -80,7 +81,7 @@ def bicubic(lr_unit: np.ndarray, size: int) -> np.ndarray:
 
 def _generator_state(cfg, key, lr_size: int):
     g, d = srgan_models(cfg)
-    lr = cfg.get("pretrain_learning_rate", None) or cfg.learning_rate
+    lr = cfg.pretrain_learning_rate or cfg.learning_rate
     g_state = gan_steps.create_state(g, key, gan_steps.srgan_optimizer(lr), jnp.zeros((1, lr_size, lr_size, 1)))
     return g, d, g_state
 
@@ -137,7 +138,7 @@ def clean_phantom_images(source, indices, *, seed: int, split: str = "test") -> 
 
 def _evaluate(g, srresnet_vars, srgan_vars, test_source, cfg, *, hr_size, lr_size, seed, phantom_seed, workdir):
     """PSNR/SSIM per method against the noisy HR image and, when known, the clean one."""
-    limit = int(cfg.get("eval_images", 200))
+    limit = int(cfg.eval_images)
     test_hr, _, indices = images_lib.real_images(test_source, hr_size, limit=limit, seed=seed, with_indices=True)
     test_lr = images_lib.area_resize(test_hr, lr_size)
     outputs = {"bicubic": bicubic(test_lr, hr_size), "srresnet": super_resolve(g, srresnet_vars, test_lr)}
@@ -205,6 +206,7 @@ def train_srgan(
       'pretrain': {...}, 'gan': {...}, 'seconds'}`` (PSNR in dB on [0, 1] images;
       ``srgan`` absent without a GAN phase; ``*_clean`` only for phantom data).
     """
+    cfg = settings.complete(cfg, settings.SRGAN)
     workdir = pathlib.Path(workdir)
     if (workdir / DONE_FILE).exists():
         return json.loads((workdir / DONE_FILE).read_text())
@@ -222,7 +224,7 @@ def train_srgan(
     steps_per_epoch = len(hr) // cfg.batch_size
     pre_steps = budget.steps_of(cfg, "pretrain", steps_per_epoch)
     gan_steps_total = budget.steps_of(cfg, "gan", steps_per_epoch)
-    every = cfg.get("checkpoint_every_steps", None)
+    every = cfg.checkpoint_every_steps
     key = jax.random.key(seed)  # unused by the SR steps (no noise), kept with the checkpoints
 
     g, d, g_state = _generator_state(cfg, init_key(seed, 0), lr_size)
@@ -265,8 +267,8 @@ def train_srgan(
                 g,
                 d,
                 mesh,
-                content=cfg.get("content_loss", "feature_matching"),
-                adversarial_weight=cfg.get("adversarial_weight", 1e-3),
+                content=cfg.content_loss,
+                adversarial_weight=cfg.adversarial_weight,
             )
             state, gan_summary = budget.train(
                 gan_dir,
@@ -319,6 +321,7 @@ def load_sr_generator(srgan_dir, cfg=None):
         if saved is None:
             raise FileNotFoundError(f"{srgan_dir} is not an SRGAN run directory (no {CONFIG_FILE}); train it first")
         cfg = ml_collections.ConfigDict(saved["config"])
+    cfg = settings.complete(cfg, settings.SRGAN)
     if saved is None or "hr_size" not in saved:
         raise FileNotFoundError(f"{srgan_dir / CONFIG_FILE} is missing or lacks hr_size; retrain the SRGAN")
     lr_size = saved["hr_size"] // cfg.scale
