@@ -13,7 +13,7 @@ from tolerance import fp_tolerance
 
 from jaxthyroid import findings, metrics
 from jaxthyroid.data import features
-from jaxthyroid.gan import budget, dcgan, generate, quality, srgan
+from jaxthyroid.gan import budget, dcgan, generate, quality, settings, srgan
 from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import resnet
 
@@ -211,13 +211,12 @@ def test_generation_quality_keys_and_floor(trained):
 
 
 def test_step_budget_from_steps_or_epochs():
-    cfg = ml_collections.ConfigDict(dict(steps=30, epochs=99))
+    cfg = settings.dcgan_config(steps=30, epochs=99)
     assert budget.steps_of(cfg, "", 7) == 30  # steps win
-    assert budget.steps_of(ml_collections.ConfigDict(dict(epochs=3)), "", 7) == 21
-    srgan_cfg = ml_collections.ConfigDict(dict(pretrain_epochs=2, gan_steps=0))
+    assert budget.steps_of(settings.dcgan_config(epochs=3), "", 7) == 21
+    srgan_cfg = settings.srgan_config(pretrain_epochs=2, gan_steps=0)
     assert budget.steps_of(srgan_cfg, "pretrain", 5) == 10 and budget.steps_of(srgan_cfg, "gan", 5) == 0
-    with pytest.raises(ValueError, match="steps"):
-        budget.steps_of(ml_collections.ConfigDict(), "", 5)
+    assert budget.steps_of(settings.dcgan_config(), "", 5) == 0  # no budget; train_dcgan refuses it
 
 
 def test_quality_gate_thresholds(tmp_path, capsys):

@@ -24,13 +24,14 @@ from jaxthyroid.train.checkpoint import CheckpointError, Checkpoints
 
 def steps_of(cfg, name: str, steps_per_epoch: int) -> int:
     """The step budget of a completed GAN config (:mod:`jaxthyroid.gan.settings`):
-    ``cfg.<name>_epochs`` × ``steps_per_epoch`` when those epochs are > 0, else
-    ``cfg.<name>_steps`` (``steps`` / ``epochs`` when ``name`` is empty). 0 is allowed."""
+    ``cfg.<name>_steps`` when > 0 (``steps`` when ``name`` is empty), else
+    ``cfg.<name>_epochs`` × ``steps_per_epoch``. 0 (neither given) is allowed here;
+    the DCGAN refuses it, the SRGAN's phases may be 0 (SRResNet only)."""
     prefix = f"{name}_" if name else ""
-    epochs = cfg[f"{prefix}epochs"]
-    if epochs > 0:
-        return int(epochs) * int(steps_per_epoch)
-    return int(cfg[f"{prefix}steps"])
+    steps = int(cfg[f"{prefix}steps"])
+    if steps > 0:
+        return steps
+    return int(cfg[f"{prefix}epochs"]) * int(steps_per_epoch)
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int):

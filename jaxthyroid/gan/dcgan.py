@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import parallel, report, run_files, xla_options
+from jaxthyroid.config import ConfigError
 from jaxthyroid.gan import budget, settings
 from jaxthyroid.gan import images as images_lib
 from jaxthyroid.models import dcgan
@@ -108,6 +109,8 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
     images, ids = images_lib.real_images(source, cfg.image_size)
     images = images_lib.to_tanh(images)
     steps = budget.steps_of(cfg, "", len(images) // cfg.batch_size)
+    if steps <= 0:
+        raise ConfigError("the DCGAN config needs steps (or epochs) > 0")
 
     _, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
     generator, discriminator, state = _template(cfg, init_key(seed))

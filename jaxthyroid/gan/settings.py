@@ -5,7 +5,7 @@ A config file declares its GAN blocks through :func:`dcgan_config` /
 command line (``--config.gan.dcgan.aux_weight=0``); the trainings read
 ``complete(cfg, ...)``, so a key that is not here is an error and an older run's
 saved config (fewer keys) still loads. Budgets: ``steps`` (``pretrain_steps`` /
-``gan_steps``) optimiser steps, or ``epochs`` > 0 instead, converted up front
+``gan_steps``) optimiser steps; when those are 0, ``epochs`` converted up front
 (:func:`jaxthyroid.gan.budget.steps_of`).
 """
 
@@ -24,7 +24,7 @@ DCGAN: dict[str, Any] = dict(
     ngf=64,  # generator width
     ndf=64,  # discriminator width
     steps=0,  # optimiser steps
-    epochs=0,  # > 0 instead of steps: passes over the real training images
+    epochs=0,  # used when steps is 0: passes over the real training images
     batch_size=64,
     learning_rate=2e-4,  # Adam, beta1 0.5
     aux_weight=0.0,  # > 0: D gets an AC-GAN finding-set classifier head with this loss weight
@@ -44,9 +44,9 @@ SRGAN: dict[str, Any] = dict(
     bicubic_skip=False,  # the generator adds its output to a bicubic upsampling
     conv_im2col=None,
     pretrain_steps=0,  # SRResNet (MSE) optimiser steps
-    pretrain_epochs=0,  # > 0 instead of pretrain_steps
+    pretrain_epochs=0,  # used when pretrain_steps is 0
     gan_steps=0,  # SRGAN optimiser steps
-    gan_epochs=0,  # > 0 instead of gan_steps
+    gan_epochs=0,  # used when gan_steps is 0
     batch_size=16,
     learning_rate=1e-4,  # SRGAN phase (G and D)
     pretrain_learning_rate=None,  # None: learning_rate
