@@ -474,7 +474,7 @@ def predict_probs(model, variables, source, batch_size: int, mesh=None, *, apply
     }
 
 
-def evaluate(
+def report_on_test_split(
     model,
     variables,
     data: Data,
@@ -646,7 +646,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         results["best_epochs"][name] = info["best_epoch"]
         results["train_seconds"][name] = info["seconds"]
         results["budgets"][name].update(train_images=info["train_images"], best_step=info.get("best_step"))
-        results["evaluations"][name] = evaluate(
+        results["evaluations"][name] = report_on_test_split(
             model,
             state_lib.variables_of(state),
             data,
@@ -738,7 +738,9 @@ def evaluate_run(run_dir, *, which: str = "phase2", decision: str | None = None)
     ``decision`` None: the run's own."""
     cfg, _, model, variables = load_run(run_dir, which)
     data = load_data(cfg.data, seed=cfg.seed)
-    return evaluate(model, variables, data, batch_size=cfg.data.eval_batch_size, decision=decision or cfg.decision)
+    return report_on_test_split(
+        model, variables, data, batch_size=cfg.data.eval_batch_size, decision=decision or cfg.decision
+    )
 
 
 def predict_files(run_dir, paths, *, which: str = "phase2", decision: str | None = None) -> list[dict]:
