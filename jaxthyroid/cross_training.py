@@ -51,7 +51,7 @@ import numpy as np
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import metrics as metrics_lib
-from jaxthyroid import parallel, report, xla_options
+from jaxthyroid import parallel, report, run_files, xla_options
 from jaxthyroid.config import ConfigError
 from jaxthyroid.models import registry, resnet
 from jaxthyroid.train import loop, optim
@@ -421,10 +421,7 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
         "warmup_steps": warmup_steps(cfg, name, total_steps),
         "seconds": time.perf_counter() - start,
     }
-    if parallel.is_primary():  # one writer of the run's files; orbax saved the checkpoints
-        tmp = done.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(info, indent=1, default=report.json_default))
-        os.replace(tmp, done)
+    run_files.write_json(done, info, indent=1)  # process 0 writes; orbax saved the checkpoints
     return state, history, info
 
 
@@ -535,10 +532,7 @@ def _write_config(cfg, workdir: pathlib.Path) -> None:
                 f"{workdir} holds a run with another config (differs in "
                 f"{', '.join(diff[:6])}); use another --workdir or delete it"
             )
-    if parallel.is_primary():  # every process checks; one writes, atomically (others may read)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(new, indent=2))
-        os.replace(tmp, path)
+    run_files.write_json(path, new)  # every process checks; process 0 writes, atomically
 
 
 def _diff_keys(a, b, prefix=""):
@@ -688,10 +682,7 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         state_p, hist_p, info_p = train_phase("plain", cfg, data, model_p, mesh=mesh)
         record("plain", state_p, hist_p, info_p, model_p, apply_p)
     results["seconds"] = time.perf_counter() - t0
-    if parallel.is_primary():
-        tmp = workdir / "results.json.tmp"
-        tmp.write_text(json.dumps(results, indent=2, default=report.json_default))
-        os.replace(tmp, workdir / "results.json")
+    run_files.write_json(workdir / "results.json", results)
     return results
 
 
