@@ -49,7 +49,11 @@ def test_validate_fails_on_a_missing_key():
         cross_training.validate(cfg)
 
 
-@pytest.mark.parametrize("module", ["jaxthyroid/cross_training.py", "jaxthyroid/reproduce.py"])
+@pytest.mark.parametrize(
+    "module",
+    [str(p.relative_to(ROOT)) for p in sorted((ROOT / "jaxthyroid" / "cross_training").glob("*.py"))]
+    + ["jaxthyroid/reproduce.py"],
+)
 def test_no_config_read_with_a_default(module):
     source = (ROOT / module).read_text()
     # cfg.x.get(...), c.data.get(...), cfg[name].get(...), p.get(...): a config read hiding a key.
