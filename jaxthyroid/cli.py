@@ -8,6 +8,7 @@ the handlers so ``jaxthyroid --help`` is instant.
   jaxthyroid data build folder ROOT                a user's image folders as a TFDS data set
   jaxthyroid train --config quick [--config.k=v]   two-phase cross-training from a config
   jaxthyroid evaluate --run DIR                    metrics of a finished run on its test split
+  jaxthyroid evaluate --run DIR --data D --out O   external validation with bootstrap 95 % intervals
   jaxthyroid predict --run DIR IMAGE...            findings with probabilities
   jaxthyroid explain --run DIR IMAGE... --out D    heat maps (Grad-CAM / occlusion) per image
   jaxthyroid weights import FILE --arch A --out W  torchvision ResNet weights for our ResNets
@@ -104,9 +105,36 @@ def _cmd_train(args, overrides) -> None:
     print(cross_training.summary_table(result))
 
 
-def _cmd_evaluate(args) -> None:
+def _cmd_evaluate(args, overrides) -> None:
     from jaxthyroid import cross_training
 
+    if overrides and not args.data:
+        raise CLIError("--config.KEY=VALUE overrides apply to a --data config; give --data CONFIG")
+    if args.data or args.bootstrap or args.out or args.split or args.map:
+        from jaxthyroid import external
+
+        result = external.evaluate(
+            args.run,
+            data=args.data,
+            overrides=overrides,
+            which=args.which,
+            decision=args.decision,
+            split=args.split,
+            renames=external.parse_renames(args.map),
+            bootstrap=1000 if args.bootstrap is None else args.bootstrap,
+            seed=args.seed,
+            out_dir=args.out,
+        )
+        if args.json:
+            print(json.dumps(result, indent=2, default=float))
+            return
+        print(external.tables(result))
+        lacking = result.get("sets_the_run_cannot_predict")
+        if lacking:
+            print(f"finding sets of the data set that the run's taxonomy lacks: {', '.join(lacking)}")
+        if args.out:
+            print(f"wrote evaluation.json, evaluation.md and confusion.png to {args.out}")
+        return
     result = cross_training.evaluate_run(args.run, which=args.which, decision=args.decision)
     if args.json:
         print(json.dumps(result, indent=2, default=float))
@@ -202,8 +230,8 @@ def _cmd_weights_import(args) -> None:
         f"head dropped) -> {info['out']}"
     )
     print(
-        f"  fits --config.model.name={info['arch']} --config.model.num_filters=0 --config.model.stem=imagenet "
-        "(torchvision's width and stem)"
+        f"  train from it: --config.model.init_from={info['out']} --config.model.name={info['arch']} "
+        "--config.model.num_filters=0 --config.model.stem=imagenet (torchvision's width and stem)"
     )
 
 
@@ -278,7 +306,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--json", action="store_true", help="the full report as JSON")
     e.add_argument("--decision", choices=DECISIONS, default=None, help=DECISION_HELP)
-    e.set_defaults(handler=_cmd_evaluate)
+    e.add_argument(
+        "--data",
+        default=None,
+        help="external validation: a data set folder printed by `jaxthyroid data build folder`, or a config "
+        "(file or name) whose data section names one, e.g. a phantom set with --config.seed=7 (default: the "
+        "run's own test split)",
+    )
+    e.add_argument(
+        "--split",
+        default=None,
+        choices=("test", "validation", "train", "all"),
+        help="which images of --data (default: all of a data set folder; test of a config or the run's own data)",
+    )
+    e.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="DATA=RUN",
+        help="rename a finding of --data to the run's name (repeatable), e.g. toxic_adenoma=hot_nodule",
+    )
+    e.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        help="bootstrap resamplings of the images for 95%% intervals (default 1000 with --data/--out, 0: none)",
+    )
+    e.add_argument("--seed", type=int, default=0, help="seed of the bootstrap (default 0)")
+    e.add_argument("--out", default=None, help="folder for evaluation.json, evaluation.md and confusion.png")
+    e.set_defaults(handler=_cmd_evaluate, takes_overrides=True)
 
     pr = sub.add_parser("predict", help="findings with probabilities for image files")
     pr.add_argument("--run", required=True, help="run directory written by `jaxthyroid train`")
@@ -399,6 +455,7 @@ def _user_error_types() -> tuple[type, ...]:
         ("jaxthyroid.train.checkpoint", "CheckpointError"),
         ("jaxthyroid.models.torchvision_import", "WeightsError"),
         ("jaxthyroid.explain", "ExplainError"),
+        ("jaxthyroid.external", "ExternalDataError"),
     ):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, name):
