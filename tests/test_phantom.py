@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxthyroid import findings, phantom
+from jaxthyroid.phantom import imaging
 
 SIZE = 64
 PER_SET = 8
@@ -21,7 +22,7 @@ NORMAL, GRAVES, SUBACUTE, HOT, COLD = (
 )
 
 
-_poisson_fast = jax.jit(phantom._poisson_fast)
+_poisson_fast = jax.jit(imaging.poisson_fast)
 
 
 def _smooth(img):

@@ -76,8 +76,11 @@ def simulate_examples(seed: int, split: str, indices, finding_set_ids, size: int
 class ThyroidSpectPhantom(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):
     """Simulated planar 99mTc thyroid scintigrams (DESIGN §3), raw counts."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {
+        "1.0.0": "First release.",
+        "1.1.0": "Phantom draws keyed by name (jaxthyroid.phantom package): every image redrawn once.",
+    }
     BUILDER_CONFIGS = [PhantomConfig(name=f"s{s}", size=s, description=f"{s}x{s}, defaults") for s in (64, 128, 256)]
     DEFAULT_CONFIG_NAME = "s128"
 
@@ -145,7 +148,7 @@ def build_phantom(
 ) -> str:
     """Writes the phantom data set (once; a complete one is reused) -> its folder.
 
-    Layout: ``<data_dir>/thyroid_spect_phantom/<config>/1.0.0/`` with one
+    Layout: ``<data_dir>/thyroid_spect_phantom/<config>/<VERSION>/`` with one
     array_record file per split, ``dataset_info.json`` and ``taxonomy.json``. A build
     that fails leaves no folder there (TFDS builds in ``incomplete.*`` and renames).
     A complete folder is returned as it is, without making a TFDS builder.
