@@ -7,15 +7,14 @@ warm-up) and compile time (first call, which includes one step) for
 
 * DCGAN, Radford et al. at 64², 1 channel, nz=100, ngf=ndf=64, batch 64, one D
   update (real and fake batches) + one G update, Adam(2e-4, β1=0.5);
-  ``fast_upsample`` on (sub-pixel convs) and off (``nn.ConvTranspose``);
+  with the backend policy's ops (sub-pixel transposed convs) and with
+  ``nn.ConvTranspose`` (``Ops.sub_pixel=False``);
 * PyTorch eager DCGAN (the PyTorch example's G and D, same sizes, same step), timed
   alternately with the JAX step so both see the same machine load;
 * SRGAN ×2 (64² -> 128², batch 16): the SRResNet MSE pre-training step and the SRGAN
   step (feature-matching content + 1e-3 adversarial).
 
-DESIGN §6 quotes PyTorch eager DCGAN at ~111 img/s on its machine; on this project's
-idle 2-core AMD EPYC (~4x slower) it ran at 31–37 img/s, and ours at 38.7 vs 37.0
-(1.05x; ``--no-slow --no-sr --steps 10``, 2026-11-27).
+Results per machine: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -28,7 +27,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxthyroid.models import dcgan, srgan
+from jaxthyroid.models import backend, dcgan, srgan
 from jaxthyroid.train import gan_steps
 
 DCGAN_BATCH = 64
@@ -41,8 +40,8 @@ def _block(x):
 class JaxDCGAN:
     """A DCGAN state + step; ``run()`` does one timed D+G step."""
 
-    def __init__(self, batch: int, fast_upsample: bool):
-        self.generator = dcgan.Generator(channels=1, fast_upsample=fast_upsample)
+    def __init__(self, batch: int, sub_pixel: bool):
+        self.generator = dcgan.Generator(channels=1, ops=backend.default_ops().replace(sub_pixel=sub_pixel))
         self.discriminator = dcgan.Discriminator()
         key = jax.random.key(0, impl="rbg")
         self.state = _block(gan_steps.create_dcgan_state(self.generator, self.discriminator, key))
@@ -172,17 +171,17 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls, the first includes compilation")
-    parser.add_argument("--slow-steps", type=int, default=3, help="timed steps for fast_upsample=False")
+    parser.add_argument("--slow-steps", type=int, default=3, help="timed steps for nn.ConvTranspose")
     parser.add_argument("--sr-batch", type=int, default=16)
     parser.add_argument("--no-torch", action="store_true")
-    parser.add_argument("--no-slow", action="store_true", help="skip fast_upsample=False")
+    parser.add_argument("--no-slow", action="store_true", help="skip nn.ConvTranspose")
     parser.add_argument("--no-sr", action="store_true")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
 
     results = {}
-    runners = {"dcgan jax fast_upsample": JaxDCGAN(DCGAN_BATCH, fast_upsample=True)}
-    batch = {"dcgan jax fast_upsample": DCGAN_BATCH}
+    runners = {"dcgan jax sub-pixel": JaxDCGAN(DCGAN_BATCH, sub_pixel=True)}
+    batch = {"dcgan jax sub-pixel": DCGAN_BATCH}
     if not args.no_torch:
         try:
             import torch
@@ -196,7 +195,7 @@ def main(argv=None):
     if not args.no_slow:
         results.update(
             measure(
-                {"dcgan jax conv_transpose": JaxDCGAN(DCGAN_BATCH, fast_upsample=False)},
+                {"dcgan jax conv_transpose": JaxDCGAN(DCGAN_BATCH, sub_pixel=False)},
                 batch={"dcgan jax conv_transpose": DCGAN_BATCH},
                 steps=args.slow_steps,
                 warmup=1,
@@ -218,9 +217,9 @@ def main(argv=None):
             f"{r['min_step_s']:.3f}–{r['max_step_s']:.3f} | {r['compile_s']:.1f} |"
         )
     if "dcgan torch eager" in results:
-        ratio = results["dcgan jax fast_upsample"]["images_per_s"] / results["dcgan torch eager"]["images_per_s"]
+        ratio = results["dcgan jax sub-pixel"]["images_per_s"] / results["dcgan torch eager"]["images_per_s"]
         results["jax_over_torch_dcgan"] = ratio
-        print(f"\nDCGAN JAX (fast_upsample) / PyTorch eager: {ratio:.2f}×")
+        print(f"\nDCGAN JAX (sub-pixel) / PyTorch eager: {ratio:.2f}×")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

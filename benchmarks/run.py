@@ -173,7 +173,7 @@ def _classifier_batch(spec: Spec, mesh, data: dict) -> dict:
 
 
 def _classifier_runner(spec: Spec, mesh, data: dict):
-    """SGD-momentum train step of ``get_model(spec.case)`` (levers at their defaults)."""
+    """SGD-momentum train step of ``get_model(spec.case)`` (the backend policy's ops)."""
     import jax
     import optax
 
@@ -197,7 +197,7 @@ def _classifier_runner(spec: Spec, mesh, data: dict):
 
 
 def _dcgan_runner(spec: Spec, mesh, data: dict):
-    """DCGAN D+G step (Radford sizes, 1 channel, ``fast_upsample`` on)."""
+    """DCGAN D+G step (Radford sizes, 1 channel, the backend policy's ops)."""
     import jax
     import jax.numpy as jnp
 
@@ -257,12 +257,16 @@ _RUNNERS = {
 
 
 def torch_runners(spec: Spec) -> dict[str, Callable[[], Any]]:
-    """PyTorch eager references of ``spec`` (fp32, 1 device), ``{}`` when none or no torch.
+    """PyTorch eager references of ``spec`` (1 device), ``{}`` when none or no torch.
 
     Reused from ``train_step.py`` (torchvision-style ResNet-18/34, NCHW and
-    channels-last) and ``gan_step.py`` (the PyTorch DCGAN example, 64² only).
+    channels-last; bf16: under ``torch.autocast(bfloat16)``, PyTorch's mixed precision,
+    the counterpart of our bf16 compute with fp32 parameters) and ``gan_step.py`` (the
+    PyTorch DCGAN example, 64² only, fp32).
     """
-    if spec.dtype != "fp32" or spec.devices != 1 or not CASES[spec.case].torch:
+    if spec.devices != 1 or not CASES[spec.case].torch:
+        return {}
+    if spec.dtype != "fp32" and spec.case != "resnet18":
         return {}
     try:
         import torch  # noqa: F401
@@ -272,7 +276,13 @@ def torch_runners(spec: Spec) -> dict[str, Callable[[], Any]]:
         from benchmarks import train_step
 
         args = argparse.Namespace(
-            model=spec.case, cross=False, batch=spec.batch, size=spec.size, channels=1, classes=FINDINGS
+            model=spec.case,
+            cross=False,
+            batch=spec.batch,
+            size=spec.size,
+            channels=1,
+            classes=FINDINGS,
+            dtype=spec.dtype,
         )
         runners = train_step._torch_runners(args)
         return {
@@ -413,16 +423,21 @@ COLUMNS = [
 
 
 def ratios(rows: Sequence[dict]) -> dict:
-    """``{case: {'jax_over_torch_eager', 'jax_over_torch_channels_last'}}`` (images/s ratios)."""
+    """``{case: {'jax_over_torch_eager', 'jax_over_torch_channels_last', 'jax_over_torch_best',
+    'torch_best'}}`` (images/s ratios, 1 device); the key is the case for fp32 and
+    ``"<case> <dtype>"`` for other dtypes. ``torch_best`` names PyTorch's fastest mode."""
     out: dict = {}
-    for case in sorted({r["case"] for r in rows}):
-        by = {r["impl"]: r for r in rows if r["case"] == case and r["devices"] == 1 and r["dtype"] == "fp32"}
+    for case, dtype in sorted({(r["case"], r["dtype"]) for r in rows}):
+        by = {r["impl"]: r for r in rows if r["case"] == case and r["devices"] == 1 and r["dtype"] == dtype}
         if "JAX" in by and "PyTorch eager" in by:
-            out[case] = {"jax_over_torch_eager": by["JAX"]["images_per_s"] / by["PyTorch eager"]["images_per_s"]}
+            jax_rate = by["JAX"]["images_per_s"]
+            r = out[case if dtype == "fp32" else f"{case} {dtype}"] = {
+                "jax_over_torch_eager": jax_rate / by["PyTorch eager"]["images_per_s"]
+            }
             if "PyTorch eager channels-last" in by:
-                out[case]["jax_over_torch_channels_last"] = (
-                    by["JAX"]["images_per_s"] / by["PyTorch eager channels-last"]["images_per_s"]
-                )
+                r["jax_over_torch_channels_last"] = jax_rate / by["PyTorch eager channels-last"]["images_per_s"]
+            best = max((name for name in by if name.startswith("PyTorch")), key=lambda n: by[n]["images_per_s"])
+            r["torch_best"], r["jax_over_torch_best"] = best, jax_rate / by[best]["images_per_s"]
     return out
 
 
@@ -446,14 +461,15 @@ def render_markdown(result: dict) -> str:
         ]
     lines.append(markdown_table(result["rows"], COLUMNS))
     if result.get("ratios"):
-        lines += ["", "JAX images/s ÷ PyTorch images/s (fp32, 1 device, alternating A/B):", ""]
+        lines += ["", "JAX images/s ÷ PyTorch images/s (1 device, alternating A/B; bf16: torch autocast):", ""]
         for case, r in result["ratios"].items():
             extra = (
                 f", ÷ eager channels-last {r['jax_over_torch_channels_last']:.2f}"
                 if "jax_over_torch_channels_last" in r
                 else ""
             )
-            lines.append(f"- {case}: ÷ eager {r['jax_over_torch_eager']:.2f}{extra}")
+            best = f", ÷ best ({r['torch_best']}) **{r['jax_over_torch_best']:.2f}**" if "torch_best" in r else ""
+            lines.append(f"- {case}: ÷ eager {r['jax_over_torch_eager']:.2f}{extra}{best}")
     for note in result.get("notes", []):
         lines.append(f"\n{note}")
     return "\n".join(lines) + "\n"

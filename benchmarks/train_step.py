@@ -1,46 +1,29 @@
-"""Classifier train-step throughput: our Flax model with each speed lever on/off vs PyTorch.
+"""Classifier train-step throughput: our Flax model with each form of its ops vs PyTorch.
 
     python -m benchmarks.train_step --model resnet18 --size 128 --batch 32 --steps 20
+    python -m benchmarks.train_step --dtype bf16 --variants "policy" --json out.json
     python -m benchmarks.train_step --xla-flags="--xla_cpu_use_onednn=true" --json out.json
 
-Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32,
-``[batch, size, size, 1]`` images) for each variant: "ours" (the model's defaults:
-``stem_im2col``, ``conv_im2col=None`` = im2col only where it pays, ``fast_maxpool`` off),
-all levers on (``fast_maxpool`` too), "plain Flax" (levers off: ``nn.max_pool``,
-``nn.Conv`` stem and body), each lever alone, all but one lever (leave-one-out, from all
-levers on), every conv as im2col, and two variants compiled with jaxlib's default
-conv path (``with YNNPACK convs``: without :mod:`jaxthyroid.xla_options`); ``--variants``
-keeps a subset. If ``torch`` imports, the same network in PyTorch eager (NCHW and
-channels-last). Variants run *alternately*, one step each per round, so a noisy
-neighbour on the shared CPU hits all of them alike; the figure is the median over
-``--steps`` rounds after warm-up. Compile time is ``lower + compile`` of the jitted step.
-
-Measured on an idle 2-core AMD EPYC (AVX2, no AVX-512), 2026-11-27 afternoon, ResNet-18,
-batch 32, 1×128², images/s (median of 10 alternating rounds; ratio to PyTorch eager):
-
-  all levers on 24.2 (1.22), plain Flax 26.3 (1.33), every conv im2col 18.4 (0.93),
-  plain Flax with YNNPACK convs 9.0 (0.45), every conv im2col with YNNPACK convs 18.1
-  (0.91: what the package ran before xla_options), PyTorch eager 19.8, channels-last 24.7.
-  20 rounds, 3 variants: the defaults ("all but fast_maxpool" then) 25.8 (1.19) and plain
-  Flax 25.9 vs all levers on 23.9, eager 21.7, CL 25.4 — why fast_maxpool is now off.
-  Final defaults, 15 rounds: ours 24.3 (1.16), compile 6.4 s; all levers on 22.6; plain
-  Flax 23.9; eager 21.0, CL 24.9. At 64²: ours 91.5 (1.65), eager 55.3.
-
-The levers' differences at 128² are within the noise once XLA runs its own convolutions;
-at 64² ``conv_im2col`` still matters: XLA:CPU runs the 3×3 convs of the 2×2×512 last stage
-~60× below its matmul rate (plain Flax 11.0 img/s, all levers on 72–92, eager 54–55).
+Times one SGD-momentum train step (sigmoid cross-entropy over 6 findings, fp32 or bf16
+compute with fp32 parameters, ``[batch, size, size, 1]`` images) for each variant of
+:class:`jaxthyroid.models.backend.Ops`: "policy" (``default_ops()``: what the package
+runs), "sliced max-pool", "every conv im2col", "no im2col" (every op in XLA's standard
+form: plain Flax) and two compiled with jaxlib's default conv path (``with YNNPACK
+convs``: without :mod:`jaxthyroid.xla_options`); ``--variants`` keeps a subset. If
+``torch`` imports, the same network in PyTorch eager (NCHW and channels-last; with
+``--dtype bf16``, under ``torch.autocast(bfloat16)``). Variants run *alternately*, one
+step each per round, so a noisy neighbour on the shared CPU hits all of them alike; the
+figure is the median over ``--steps`` rounds after warm-up. Compile time is ``lower +
+compile`` of the jitted step. Results per machine: ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
 import sys
-
-LEVERS = ("fast_maxpool", "stem_im2col", "conv_im2col")
 
 
 def _parse(argv):
@@ -54,10 +37,9 @@ def _parse(argv):
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--cross", action="store_true", help="cross-residual ResNet")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--only-ours", action="store_true", help="skip the lever ablation")
-    ap.add_argument(
-        "--variants", default=None, help="comma-separated variant names to keep (e.g. 'ours (defaults),all levers on')"
-    )
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="compute dtype (params stay fp32)")
+    ap.add_argument("--only-ours", action="store_true", help="the policy's variant only")
+    ap.add_argument("--variants", default=None, help="comma-separated variant names to keep (e.g. 'policy,no im2col')")
     ap.add_argument(
         "--xla-flags", default=None, help="appended to XLA_FLAGS before JAX starts (e.g. --xla_cpu_use_onednn=true)"
     )
@@ -68,41 +50,32 @@ def _parse(argv):
 # -- JAX ---------------------------------------------------------------------
 
 YNN = " with YNNPACK convs"  # variant-name suffix: compiled with jaxlib's default conv path
-# Each lever's "on" value: conv_im2col=None is im2col only where it pays (layers.im2col_pays).
-ON = {"fast_maxpool": True, "stem_im2col": True, "conv_im2col": None}
+POLICY = "policy"
 
 
 def _jax_variants(args):
-    """name -> model; levers the model lacks are dropped. Names ending in ``YNN`` are
-    compiled without :mod:`jaxthyroid.xla_options` (convolutions on YNNPACK)."""
+    """name -> model. Names ending in ``YNN`` are compiled without
+    :mod:`jaxthyroid.xla_options` (convolutions on YNNPACK)."""
     import jax.numpy as jnp
 
+    from jaxthyroid.models import backend
     from jaxthyroid.models.registry import get_model
 
-    probe = get_model(args.model, num_classes=args.classes, cross=args.cross)
-    have = [f for f in LEVERS if f in {f.name for f in dataclasses.fields(probe)}]
-    off = {f: False for f in have}
-    on = {f: ON[f] for f in have}
-    variants = {"ours (defaults)": {}}
+    ops = backend.default_ops()
+    variants = {POLICY: None}
     if not args.only_ours:
-        variants["all levers on"] = on
-        variants["plain Flax (levers off)"] = off
-        if len(have) > 1:
-            for f in have:
-                variants[f"+{f} only"] = {**off, f: ON[f]}
-            for f in have:  # leave-one-out: what each lever adds on top of the others
-                variants[f"all but {f}"] = {**on, f: False}
-        if "conv_im2col" in have:
-            variants["every conv im2col"] = {**on, "conv_im2col": True}
-        variants["plain Flax" + YNN] = off
-        if "conv_im2col" in have:  # the defaults before jaxthyroid.xla_options
-            variants["every conv im2col" + YNN] = {**on, "conv_im2col": True}
+        variants["sliced max-pool"] = ops.replace(sliced_max_pool=True)
+        variants["every conv im2col"] = ops.replace(im2col="all")
+        variants["no im2col (plain Flax)"] = ops.replace(im2col="none", sliced_max_pool=False)
+        variants["no im2col (plain Flax)" + YNN] = variants["no im2col (plain Flax)"]
+        variants["every conv im2col" + YNN] = variants["every conv im2col"]
     keep = set(args.variants.split(",")) if args.variants and not args.only_ours else set(variants)
     if unknown := keep - set(variants):
         raise SystemExit(f"unknown --variants {sorted(unknown)}; known: {', '.join(variants)}")
+    dtype = jnp.bfloat16 if args.dtype == "bf16" else jnp.float32
     return {
-        name: get_model(args.model, num_classes=args.classes, cross=args.cross, dtype=jnp.float32, **kw)
-        for name, kw in variants.items()
+        name: get_model(args.model, num_classes=args.classes, cross=args.cross, dtype=dtype, ops=ops)
+        for name, ops in variants.items()
         if name in keep
     }
 
@@ -220,7 +193,9 @@ def _torch_runners(args):
 
         def run(self):
             self.opt.zero_grad(set_to_none=True)
-            self.loss(self.model(self.x), self.y).backward()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+                logits = self.model(self.x)
+            self.loss(logits.float(), self.y).backward()
             self.opt.step()
 
     return {"PyTorch eager (NCHW)": Runner(False), "PyTorch eager (channels-last)": Runner(True)}
@@ -243,9 +218,7 @@ def main(argv=None) -> dict:
     # Throwaway compile: the first XLA compile in a process pays one-off start-up
     # costs that would otherwise land on whichever variant comes first.
     _JaxRunner(
-        _jax_variants(argparse.Namespace(**{**vars(args), "model": "resnet_tiny", "only_ours": True}))[
-            "ours (defaults)"
-        ],
+        _jax_variants(argparse.Namespace(**{**vars(args), "model": "resnet_tiny", "only_ours": True}))[POLICY],
         argparse.Namespace(**{**vars(args), "size": 32, "batch": 2}),
     )
     runners = {}
@@ -278,7 +251,7 @@ def main(argv=None) -> dict:
 
     print(
         f"\n{args.model}{' (cross)' if args.cross else ''}, batch {args.batch}, "
-        f"{args.channels}x{args.size}², fp32, SGD momentum; {jax.devices()[0].platform} "
+        f"{args.channels}x{args.size}², {args.dtype}, SGD momentum; {jax.devices()[0].platform} "
         f"x{os.cpu_count()} cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
         f"median of {args.steps} alternating rounds\n"
     )

@@ -3,11 +3,10 @@
 jaxlib 0.10's XLA:CPU hands every convolution to YNNPACK by default (the library
 fusion types ``INDIVIDUAL_DOT``, ``INDIVIDUAL_CONVOLUTION`` and ``REDUCE``). YNNPACK
 runs the *weight gradient* of a convolution (a convolution whose window is the whole
-feature map) very slowly: forward+backward of one 3×3 conv on 32×32×64 at batch 32
-takes 280–580 ms that way on the 2-core dev CPU, against 54–61 ms when XLA runs the
-convolution itself and YNNPACK keeps the matmuls and reductions (PyTorch eager: 79 ms).
-``python -m benchmarks.conv_grad`` measures it per layer and ``python -m
-benchmarks.train_step`` per train step, each with and without these options.
+feature map) several times slower than XLA's own convolution does, while YNNPACK's
+matmuls and reductions are fast. ``python -m benchmarks.conv_grad`` measures it per
+layer and ``python -m benchmarks.train_step`` per train step, each with and without
+these options; the figures per machine are in ``docs/benchmarks.md``.
 
 :func:`jit` is ``jax.jit`` with that option on the CPU backend
 (``xla_cpu_experimental_ynn_fusion_type`` without ``INDIVIDUAL_CONVOLUTION``); every

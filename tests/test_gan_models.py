@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tolerance import fp_tolerance, max_abs
 
-from jaxthyroid.models import dcgan, srgan
+from jaxthyroid.models import backend, dcgan, srgan
 from jaxthyroid.models.upsample import ProjectConvTranspose, SubPixelConvTranspose, pixel_shuffle
 
 
@@ -29,7 +29,8 @@ def num_params(model, *inputs, **kwargs) -> int:
 @pytest.mark.parametrize("channels, g_count, d_count", [(1, 3_574_656, 2_763_520), (3, 3_576_704, 2_765_568)])
 def test_dcgan_parameter_counts(channels, g_count, d_count):
     assert num_params(dcgan.Generator(channels=channels), jnp.zeros((1, 100))) == g_count
-    assert num_params(dcgan.Generator(channels=channels, fast_upsample=False), jnp.zeros((1, 100))) == g_count
+    no_sub_pixel = backend.default_ops().replace(sub_pixel=False)
+    assert num_params(dcgan.Generator(channels=channels, ops=no_sub_pixel), jnp.zeros((1, 100))) == g_count
     assert num_params(dcgan.Discriminator(), jnp.zeros((1, 64, 64, channels))) == d_count
 
 
@@ -97,8 +98,8 @@ def test_project_conv_transpose_matches_conv_transpose():
 
 def test_generator_fast_upsample_equals_conv_transpose():
     z = jax.random.normal(key(0), (2, 16))
-    fast = dcgan.TinyGenerator(fast_upsample=True)
-    slow = dcgan.TinyGenerator(fast_upsample=False)
+    fast = dcgan.TinyGenerator(ops=backend.default_ops().replace(sub_pixel=True))
+    slow = dcgan.TinyGenerator(ops=backend.default_ops().replace(sub_pixel=False))
     variables = init(fast, z, train=False)
     y, y_slow = jax.jit(lambda v, z: (fast.apply(v, z, train=False), slow.apply(v, z, train=False)))(variables, z)
     assert y.shape == (2, 32, 32, 1) and float(jnp.max(jnp.abs(y))) <= 1.0
@@ -204,7 +205,7 @@ def test_srresnet_bicubic_skip_starts_at_bicubic_with_the_same_parameters():
 
 @pytest.mark.parametrize("name", ["generator", "discriminator", "srresnet", "sr_discriminator"])
 def test_im2col_convs_change_nothing(name):
-    """``conv_im2col`` gives the same parameters, outputs and gradients."""
+    """Every conv as im2col (``Ops.im2col="all"``) gives the same parameters, outputs and gradients."""
     z, img = jax.random.normal(key(0), (2, 16)), jax.random.normal(key(1), (2, 32, 32, 1))
     model, x = {
         "generator": (dcgan.TinyGenerator(num_classes=12), z),
@@ -216,8 +217,9 @@ def test_im2col_convs_change_nothing(name):
     }[name]
     ids = jnp.array([0, 7])
     extra = (ids,) if name in ("generator", "discriminator") else ()
-    assert model.conv_im2col is None  # the default: im2col where it pays (CPU)
-    model, reference = model.clone(conv_im2col=True), model.clone(conv_im2col=False)
+    assert model.ops is None  # the default: jaxthyroid.models.backend's policy
+    cpu = backend.default_ops("cpu")
+    model, reference = model.clone(ops=cpu.replace(im2col="all")), model.clone(ops=cpu.replace(im2col="none"))
     variables = init(reference, x, *extra, train=False)
     assert jax.tree.structure(jax.eval_shape(lambda: model.init(key(1), x, *extra, train=False))) == jax.tree.structure(
         variables

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tolerance import fp_tolerance, max_abs, network_tolerance
 
-from jaxthyroid.models import layers, resnet
+from jaxthyroid.models import backend, layers, resnet
 from jaxthyroid.models.registry import MODEL_NAMES, get_model
 
 KEY = jax.random.key(0)
@@ -246,13 +246,16 @@ def test_im2col_conv_equals_conv(kernel_size, strides, pad, bias):
 
 
 def test_im2col_where_it_pays():
-    """``conv_im2col=None``: im2col on CPU for few input channels or outputs under 4×4."""
-    assert layers.im2col_pays(1, 64, 64) and layers.im2col_pays(512, 2, 2)
-    assert not layers.im2col_pays(64, 32, 32) and not layers.im2col_pays(512, 4, 4)
-    assert layers.use_im2col(True, 64, 32, 32) and not layers.use_im2col(False, 1, 2, 2)
+    """The CPU policy's conv rule: im2col for few input channels or outputs under 4×4."""
+    cpu = backend.default_ops("cpu")
+    pays = lambda c, h, w: cpu.conv_uses_im2col(c, (3, 3), (1, 1), (h, w))
+    assert pays(1, 64, 64) and pays(512, 2, 2)
+    assert not pays(64, 32, 32) and not pays(512, 4, 4)
+    assert cpu.replace(im2col="all").conv_uses_im2col(64, (3, 3), (1, 1), (32, 32))
+    assert not cpu.replace(im2col="none").conv_uses_im2col(1, (3, 3), (1, 1), (2, 2))
     on_cpu = jax.default_backend() == "cpu"
-    assert layers.use_im2col(None, 512, 2, 2) == on_cpu
-    assert not layers.use_im2col(None, 64, 32, 32)
+    assert backend.default_ops().conv_uses_im2col(512, (3, 3), (1, 1), (2, 2)) == on_cpu
+    assert not backend.default_ops().conv_uses_im2col(64, (3, 3), (1, 1), (32, 32))
 
 
 @pytest.mark.parametrize("side", [3, 8])  # 2×2 output (im2col) and 8×8 (XLA's conv)
@@ -261,7 +264,7 @@ def test_auto_conv_equals_conv(side):
     params = {"kernel": 0.1 * _normal((3, 3, 8, 12), 17), "bias": _normal((12,), 18)}
     pad = ((1, 1), (1, 1))
     ref = nn.Conv(12, (3, 3), (2, 2), padding=pad)
-    auto = layers.conv_cls(None)(12, (3, 3), (2, 2), padding=pad, use_bias=True)
+    auto = backend.default_ops("cpu").conv(12, (3, 3), (2, 2), padding=pad, use_bias=True)
     y_ref = ref.apply({"params": params}, x)
     np.testing.assert_allclose(
         auto.apply({"params": params}, x), y_ref, **fp_tolerance(reduction_size=3 * 3 * 8 + 1, scale=max_abs(y_ref))
@@ -292,9 +295,10 @@ def test_resnet_levers_change_nothing_but_speed(source):
     x = _images(2)
     cross = dict(cross=source is not None, source=source or "adapter")
     default = _tiny(False)
-    assert not default.fast_maxpool and default.stem_im2col and default.conv_im2col is None
-    fast = _tiny(**cross, fast_maxpool=True, conv_im2col=True)  # every lever, every conv as a matmul
-    ref = _tiny(**cross, fast_maxpool=False, stem_im2col=False, conv_im2col=False)
+    assert default.ops is None  # jaxthyroid.models.backend's policy
+    cpu = backend.default_ops("cpu")
+    fast = _tiny(**cross, ops=cpu.replace(sliced_max_pool=True, im2col="all"))  # every conv as a matmul
+    ref = _tiny(**cross, ops=cpu.replace(sliced_max_pool=False, im2col="none"))
     variables = _random_variables(ref, x)
     assert jax.tree.structure(_shapes(fast, x)) == jax.tree.structure(variables)
 
@@ -355,8 +359,9 @@ def test_dropout_only_in_training():
 def test_baseline_im2col_convs_change_nothing(name):
     size = 64 if name == "alexnet" else 16
     x = jnp.asarray(np.random.default_rng(3).normal(size=(2, size, size, 1)), jnp.float32)
-    fast = get_model(name, num_classes=6, in_channels=1, conv_im2col=True)
-    ref = get_model(name, num_classes=6, in_channels=1, conv_im2col=False)
+    cpu = backend.default_ops("cpu")
+    fast = get_model(name, num_classes=6, in_channels=1, ops=cpu.replace(im2col="all"))
+    ref = get_model(name, num_classes=6, in_channels=1, ops=cpu.replace(im2col="none"))
     variables = jax.jit(lambda k: ref.init({"params": k, "dropout": k}, x, train=False))(RBG_KEY)
     assert jax.tree.structure(
         jax.eval_shape(lambda: fast.init({"params": KEY, "dropout": KEY}, x, train=False))

@@ -20,7 +20,7 @@ from jaxthyroid import parallel, report, run_files, xla_options
 from jaxthyroid.config import ConfigError
 from jaxthyroid.gan import budget, settings
 from jaxthyroid.gan import images as images_lib
-from jaxthyroid.models import dcgan
+from jaxthyroid.models import backend, dcgan
 from jaxthyroid.train import gan_steps
 from jaxthyroid.train.state import init_key, variables_of
 
@@ -35,7 +35,8 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     Optional keys: ``label_std`` and ``conditional_norm`` (G's conditioning strength,
     :class:`jaxthyroid.models.dcgan.Generator`), ``aux_weight`` (> 0: D gets an AC-GAN
     classifier head, :func:`jaxthyroid.train.gan_steps.make_dcgan_step`),
-    ``fast_upsample`` (default True), ``conv_im2col`` (default None: im2col convs on the CPU backend only).
+    ``fast_upsample`` and ``conv_im2col`` (deprecated: the backend policy decides, see
+    :func:`jaxthyroid.models.backend.ops_from_levers`).
     """
     cfg = settings.complete(cfg, settings.DCGAN)
     g = dcgan.Generator(
@@ -46,15 +47,14 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
         num_classes=taxonomy.num_sets,
         label_std=cfg.label_std,
         conditional_norm=cfg.conditional_norm,
-        fast_upsample=cfg.fast_upsample,
-        conv_im2col=cfg.conv_im2col,
+        ops=backend.ops_from_levers(fast_upsample=cfg.fast_upsample, conv_im2col=cfg.conv_im2col),
     )
     d = dcgan.Discriminator(
         image_size=cfg.image_size,
         ndf=cfg.ndf,
         num_classes=taxonomy.num_sets,
         aux_classifier=taxonomy.num_sets if cfg.aux_weight > 0 else 0,
-        conv_im2col=cfg.conv_im2col,
+        ops=backend.ops_from_levers(conv_im2col=cfg.conv_im2col),
     )
     return g, d
 

@@ -24,7 +24,7 @@ from jaxthyroid import metrics as metrics_lib
 from jaxthyroid import parallel, report, run_files, xla_options
 from jaxthyroid.gan import budget, settings
 from jaxthyroid.gan import images as images_lib
-from jaxthyroid.models import srgan
+from jaxthyroid.models import backend, srgan
 from jaxthyroid.train import gan_steps
 from jaxthyroid.train.state import init_key, variables_of
 
@@ -39,7 +39,8 @@ def srgan_models(cfg):
     """``(SRResNet, SRDiscriminator)`` of an SRGAN config. Optional keys size the
     discriminator: ``d_features`` (64), ``d_dense_features`` (1024), ``d_pool_size``
     (None = the paper's flatten; an int average-pools to that grid first);
-    ``conv_im2col`` (None = im2col convs on the CPU backend only) goes to both."""
+    ``conv_im2col`` (deprecated: the backend policy decides, see
+    :func:`jaxthyroid.models.backend.ops_from_levers`) goes to both."""
     cfg = settings.complete(cfg, settings.SRGAN)
     g = srgan.SRResNet(
         channels=1,
@@ -47,13 +48,13 @@ def srgan_models(cfg):
         num_blocks=cfg.num_blocks,
         features=cfg.features,
         bicubic_skip=cfg.bicubic_skip,
-        conv_im2col=cfg.conv_im2col,
+        ops=backend.ops_from_levers(conv_im2col=cfg.conv_im2col),
     )
     d = srgan.SRDiscriminator(
         features=cfg.d_features,
         dense_features=cfg.d_dense_features,
         pool_size=cfg.d_pool_size,
-        conv_im2col=cfg.conv_im2col,
+        ops=backend.ops_from_levers(conv_im2col=cfg.conv_im2col),
     )
     return g, d
 

@@ -12,6 +12,8 @@ classes), for any channel count and inputs from 32² up:
 
 ``__call__(x, *, train)``: ``[batch, H, W, C]`` -> logits ``[batch, num_classes]``
 (float32). Dropout (VGG, AlexNet) needs ``rngs={'dropout': key}`` when ``train``.
+Convs and max-pools are built through ``ops`` (:class:`jaxthyroid.models.backend.Ops`, None:
+the backend's policy).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxthyroid.models import layers
+from jaxthyroid.models import backend, layers
 
 Dtype = Any
 
@@ -47,21 +49,19 @@ class VGG(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    fast_maxpool: bool = True
-    # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
-    # conv shapes far below its matmul rate (see layers.py).
-    conv_im2col: bool | None = None
+    ops: backend.Ops | None = None  # the form of each conv and pool (jaxthyroid.models.backend)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        ops = backend.resolve(self.ops)
         conv_index = 0
         for item in self.cfg:
             if item == "M":
-                x = layers.max_pool(x, 2, 2, ((0, 0), (0, 0)), fast=self.fast_maxpool)
+                x = ops.max_pool(x, 2, 2, ((0, 0), (0, 0)))
                 continue
             conv_index += 1
-            x = layers.conv_cls(self.conv_im2col)(
+            x = ops.conv(
                 int(item),
                 (3, 3),
                 padding=((1, 1), (1, 1)),
@@ -91,10 +91,10 @@ VGG16BN = partial(VGG, cfg=VGG16_CFG)
 VGGTiny = partial(VGG, cfg=(8, "M", 16, "M"), hidden=32, pool_size=2)
 
 
-def _alexnet_pool(x: jax.Array, fast: bool) -> jax.Array:
+def _alexnet_pool(x: jax.Array, ops: backend.Ops) -> jax.Array:
     """3×3/2 max-pool, no padding; a map under 3 px is padded with -inf (see module doc)."""
     pad_h, pad_w = max(0, 3 - x.shape[1]), max(0, 3 - x.shape[2])
-    return layers.max_pool(x, 3, 2, ((0, pad_h), (0, pad_w)), fast=fast)
+    return ops.max_pool(x, 3, 2, ((0, pad_h), (0, pad_w)))
 
 
 class AlexNet(nn.Module):
@@ -104,28 +104,26 @@ class AlexNet(nn.Module):
     dropout_rate: float = 0.5
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    fast_maxpool: bool = True
-    # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
-    # conv shapes far below its matmul rate (see layers.py).
-    conv_im2col: bool | None = None
+    ops: backend.Ops | None = None  # the form of each conv and pool (jaxthyroid.models.backend)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        ops = backend.resolve(self.ops)
         conv = partial(
-            layers.conv_cls(self.conv_im2col),
+            ops.conv,
             use_bias=True,
             kernel_init=conv_kernel_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
         x = nn.relu(conv(64, (11, 11), (4, 4), padding=((2, 2), (2, 2)), name="conv1")(x))
-        x = _alexnet_pool(x, self.fast_maxpool)
+        x = _alexnet_pool(x, ops)
         x = nn.relu(conv(192, (5, 5), padding=((2, 2), (2, 2)), name="conv2")(x))
-        x = _alexnet_pool(x, self.fast_maxpool)
+        x = _alexnet_pool(x, ops)
         x = nn.relu(conv(384, (3, 3), padding=((1, 1), (1, 1)), name="conv3")(x))
         x = nn.relu(conv(256, (3, 3), padding=((1, 1), (1, 1)), name="conv4")(x))
         x = nn.relu(conv(256, (3, 3), padding=((1, 1), (1, 1)), name="conv5")(x))
-        x = _alexnet_pool(x, self.fast_maxpool)
+        x = _alexnet_pool(x, ops)
         x = layers.adaptive_avg_pool(x, (6, 6)).reshape(x.shape[0], -1)
         dense = partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -148,21 +146,19 @@ class DenseNet(nn.Module):
     param_dtype: Dtype = jnp.float32
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
-    fast_maxpool: bool = True
-    # Convs as im2col matmuls (layers.Im2colConv, same parameters): XLA:CPU runs some
-    # conv shapes far below its matmul rate (see layers.py).
-    conv_im2col: bool | None = None
+    ops: backend.Ops | None = None  # the form of each conv and pool (jaxthyroid.models.backend)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        conv = partial(layers.conv_cls(self.conv_im2col), use_bias=False, kernel_init=conv_kernel_init, **common)
+        ops = backend.resolve(self.ops)
+        conv = partial(ops.conv, use_bias=False, kernel_init=conv_kernel_init, **common)
         norm = partial(
             nn.BatchNorm, use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon, **common
         )
         x = conv(self.num_init_features, (7, 7), (2, 2), padding=((3, 3), (3, 3)), name="conv0")(x)
         x = nn.relu(norm(name="norm0")(x))
-        x = layers.max_pool(x, 3, 2, ((1, 1), (1, 1)), fast=self.fast_maxpool)
+        x = ops.max_pool(x, 3, 2, ((1, 1), (1, 1)))
         for b, num_layers in enumerate(self.block_config):
             for k in range(num_layers):
                 name = f"denseblock{b + 1}_layer{k + 1}"

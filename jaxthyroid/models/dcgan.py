@@ -26,6 +26,9 @@ embedding at that scale (z is N(0, 1); flax's default embedding is ~N(0, 1/embed
 and ``conditional_norm`` gives every G BatchNorm a per-class gain and shift
 (conditional BatchNorm, de Vries et al. 2017: ``BN(x)·(1 + γ_y) + β_y``, γ and β
 zero at init so a fresh G computes what the plain one does).
+
+Convs and transposed convs are built through ``ops`` (:class:`jaxthyroid.models.backend.Ops`,
+None: the backend's policy; the same function whatever form it picks).
 """
 
 from __future__ import annotations
@@ -39,8 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxthyroid import findings
-from jaxthyroid.models import layers
-from jaxthyroid.models.upsample import ProjectConvTranspose, SubPixelConvTranspose, dcgan_kernel_init
+from jaxthyroid.models import backend
+from jaxthyroid.models.upsample import dcgan_kernel_init
 
 Dtype = Any
 
@@ -67,21 +70,11 @@ class Generator(nn.Module):
       ngf: generator width at the last hidden layer.
       num_classes: 0 for unconditional; else the number of finding sets.
       embed_dim: label embedding size appended to z (conditional only).
-      fast_upsample: compute the transposed convs as sub-pixel convs / a matmul
-        (same parameters and output). XLA:CPU's ``conv_transpose`` weight gradient
-        is ~5× slower than the equivalent stride-1 convs (DESIGN §6); switch off to
-        use ``nn.ConvTranspose`` (e.g. to compare).
-      sub_pixel_min_features: layers with fewer output channels keep
-        ``nn.ConvTranspose`` even with ``fast_upsample``: for the last layer (64 -> 1
-        channel at 64²) XLA:CPU's 2×2 convs with one output channel are ~18× slower
-        than its transposed conv (1.9 s vs 0.1 s fwd+bwd at batch 64, measured), the
-        opposite of the wide layers (0.6–1.4 s vs 6.5–10 s). With ``conv_im2col`` too:
-        26 ms for the transposed conv vs 103–175 ms as im2col sub-pixel convs
-        (``benchmarks/conv_grad.py``).
       label_std: the label embedding's initial standard deviation (None: flax's default).
       conditional_norm: per-class gain and shift after every BatchNorm (conditional only).
       axis_name: BatchNorm statistics are averaged over this mesh axis (set by the
         data-parallel train step so BN sees the global batch).
+      ops: the form of each transposed conv (None: ``jaxthyroid.models.backend.default_ops()``).
     """
 
     channels: int = 1
@@ -92,15 +85,10 @@ class Generator(nn.Module):
     embed_dim: int = 50
     label_std: float | None = None
     conditional_norm: bool = False
-    fast_upsample: bool = True
-    sub_pixel_min_features: int = 16
-    # Convs as im2col matmuls (same parameters and values): XLA:CPU runs some conv
-    # shapes far below its matmul rate (models/layers.py); here it makes the wide
-    # sub-pixel layers matmuls too (the narrow last one stays a transposed conv).
-    conv_im2col: bool | None = None
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    ops: backend.Ops | None = None
 
     @nn.compact
     def __call__(self, z: jax.Array, finding_set: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -136,40 +124,16 @@ class Generator(nn.Module):
 
                 return apply
 
+        ops = backend.resolve(self.ops)
+        convt = dict(use_bias=False, kernel_init=dcgan_kernel_init, dtype=self.dtype, param_dtype=self.param_dtype)
         features = self.ngf * 2 ** (n - 1)
-        if self.fast_upsample:
-            x = ProjectConvTranspose(features, 4, dtype=self.dtype, param_dtype=self.param_dtype, name="project")(z)
-        else:
-            x = nn.ConvTranspose(
-                features,
-                (4, 4),
-                padding="VALID",
-                use_bias=False,
-                kernel_init=dcgan_kernel_init,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name="project",
-            )(z[:, None, None, :])
+        x = ops.project(features, 4, name="project", **convt)(z)
         x = nn.relu(norm()(x))
         for i in range(n):
             last = i == n - 1
             out = self.channels if last else features // 2 ** (i + 1)
-            if self.fast_upsample and out >= self.sub_pixel_min_features:
-                x = SubPixelConvTranspose(
-                    out, dtype=self.dtype, param_dtype=self.param_dtype, im2col=self.conv_im2col, name=f"up{i}"
-                )(x)
-            else:  # PyTorch ConvTranspose2d(k=4, s=2, p=1) == lax padding k-1-p = 2 each side
-                x = nn.ConvTranspose(
-                    out,
-                    (4, 4),
-                    strides=(2, 2),
-                    padding=((2, 2), (2, 2)),
-                    use_bias=False,
-                    kernel_init=dcgan_kernel_init,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    name=f"up{i}",
-                )(x)
+            # PyTorch ConvTranspose2d(k=4, s=2, p=1) (Ops.conv_transpose's default shape)
+            x = ops.conv_transpose(out, name=f"up{i}", **convt)(x)
             x = jnp.tanh(x) if last else nn.relu(norm()(x))
         return x
 
@@ -195,7 +159,7 @@ class Discriminator(nn.Module):
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    conv_im2col: bool | None = None  # convs as layers.Im2colConv (same parameters and values)
+    ops: backend.Ops | None = None  # the form of each conv (jaxthyroid.models.backend)
     aux_classifier: int = 0  # > 0: an auxiliary classifier head over this many classes (AC-GAN)
 
     @nn.compact
@@ -209,7 +173,7 @@ class Discriminator(nn.Module):
         return_class_logits: bool = False,
     ):
         conv = functools.partial(
-            layers.conv_cls(self.conv_im2col),
+            backend.resolve(self.ops).conv,
             kernel_size=(4, 4),
             use_bias=False,
             kernel_init=dcgan_kernel_init,

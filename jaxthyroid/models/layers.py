@@ -1,33 +1,23 @@
-"""Layers shared by the classifiers: fast CPU forms of standard ops, and adaptive pooling.
+"""Layers shared by the models: other forms of standard ops, and adaptive pooling.
 
 Every function here computes exactly what a standard op computes (tests compare
-values and gradients); it exists because XLA:CPU runs the standard form slowly
-(DESIGN §6):
+values and gradients); which form a model gets is decided in :mod:`jaxthyroid.models.backend`,
+with the measurements behind it in ``docs/benchmarks.md``:
 
-* ``max_pool_slices``: max-pool as a running maximum over ``k*k`` strided slices.
-  ``nn.max_pool``'s gradient lowers to select-and-scatter, which XLA:CPU runs
-  ~3.5× slower than the gradient of ``maximum`` alone (230 vs 66 ms at 64²×64, batch
-  32) — yet a whole ResNet train step measured slower with it, so the ResNets leave
-  it off by default (``fast_maxpool``).
-* ``Im2colConv``: a convolution as one matmul over extracted patches, where that
-  pays (:func:`im2col_pays`). XLA:CPU's own convolution (what the package compiles,
-  see ``jaxthyroid/xla_options.py``) runs most ResNet shapes at 100–140 GFLOP/s on
-  the 2-core AMD EPYC (AVX2) dev machine, faster than im2col, but two kinds
-  pathologically slowly: convs on few input channels (the 7×7 stem on one channel,
-  the DCGAN discriminator's first layer: 42 ms forward+backward vs 14 ms as a
-  matmul) and convs whose output map is smaller than 4×4 (ResNet-18's last stage at
-  64²: a 3×3 conv on 2×2×512 at ~2 GFLOP/s, 825 ms vs 14 ms as a matmul at batch 32).
-  It holds the same parameters as ``nn.Conv`` (``kernel`` ``[kh, kw, C, F]``,
-  optional ``bias``), so checkpoints are interchangeable.
+* ``max_pool_slices``: max-pool as a running maximum over ``k*k`` strided slices;
+  its gradient avoids the select-and-scatter ``nn.max_pool``'s gradient lowers to.
+* ``Im2colConv``: a convolution as one matmul over extracted patches, for the shapes
+  where XLA:CPU's own convolution runs far below its matmul rate (few input channels,
+  tiny output maps). It holds the same parameters as ``nn.Conv`` (``kernel``
+  ``[kh, kw, C, F]``, optional ``bias``), so checkpoints are interchangeable.
 * ``adaptive_avg_pool``: torchvision's ``AdaptiveAvgPool2d`` bin rule (also for
   outputs larger than the input, where it replicates), as two small matmuls.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -69,13 +59,6 @@ def max_pool_slices(x: jax.Array, window: int = 3, stride: int = 2, padding: Pad
     return out
 
 
-def max_pool(x: jax.Array, window: int, stride: int, padding: Padding, *, fast: bool) -> jax.Array:
-    """``nn.max_pool`` or its sliced form (``fast``); same values either way."""
-    if fast:
-        return max_pool_slices(x, window, stride, padding)
-    return nn.max_pool(x, (window, window), (stride, stride), padding=padding)
-
-
 def extract_patches(
     x: jax.Array, kernel_size: tuple[int, int], strides: tuple[int, int], padding: Padding
 ) -> jax.Array:
@@ -107,10 +90,8 @@ def patch_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
     written differently: ``(gᵀ · patches)ᵀ`` instead of the ``patchesᵀ · g`` that
     autodiff emits. Alone, both matmuls take the same time on XLA:CPU, but inside a
     layer's jitted forward+backward the second form runs far slower (the patches get
-    laid out or fused differently around it): 44.7 → 6.7 ms for the DCGAN
-    discriminator's one-channel first layer, 77 → 40 ms for ResNet-18's first strided
-    3×3, 140 → 98 ms for its stem, a few per cent elsewhere (``python -m
-    benchmarks.conv_grad``, fwd+bwd of one layer on the 2-core CPU).
+    laid out or fused differently around it; ``python -m benchmarks.conv_grad``,
+    figures in ``docs/benchmarks.md``).
 
     Under ``jax.shard_map`` a replicated kernel meets per-device patches. Autodiff
     would mark the kernel as varying over the mesh axes (an implicit ``pvary``) and
@@ -150,13 +131,19 @@ def _patch_matmul_bwd(residuals, g):
 _patch_matmul.defvjp(_patch_matmul_fwd, _patch_matmul_bwd)
 
 
+# im2col(in_channels, kernel_size, strides, (out_height, out_width)) -> whether to use patches
+Im2colRule = Callable[[int, tuple[int, int], tuple[int, int], tuple[int, int]], bool]
+
+
 class Im2colConv(nn.Module):
-    """A convolution computed as patches @ kernel (+ bias), or where that does not pay
-    (``im2col=None``) as XLA's convolution.
+    """A convolution computed as patches @ kernel (+ bias), or as XLA's convolution.
 
     Parameters identical to ``nn.Conv(features, kernel_size, strides, padding,
     use_bias=...)``: ``kernel`` ``[kh, kw, C, features]`` and, with ``use_bias``,
-    ``bias`` ``[features]``. Patches take ``kh*kw`` times the input's memory.
+    ``bias`` ``[features]``. Patches take ``kh*kw / (sh*sw)`` times the input's memory.
+    ``im2col``: True (always patches), False (XLA's convolution) or an
+    :data:`Im2colRule` deciding per call from the shape (what :mod:`jaxthyroid.models.backend`
+    passes).
     """
 
     features: int
@@ -168,8 +155,7 @@ class Im2colConv(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Any = nn.initializers.lecun_normal()
     bias_init: Any = nn.initializers.zeros
-    # True: always patches @ kernel; None: decided per call by use_im2col.
-    im2col: bool | None = True
+    im2col: bool | Im2colRule = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -182,7 +168,10 @@ class Im2colConv(nn.Module):
         (pt, pb), (pl, pr) = self.padding
         out_h = (x.shape[1] + pt + pb - kh) // self.strides[0] + 1
         out_w = (x.shape[2] + pl + pr - kw) // self.strides[1] + 1
-        if use_im2col(self.im2col, c, out_h, out_w):
+        im2col = self.im2col
+        if callable(im2col):
+            im2col = im2col(c, tuple(self.kernel_size), tuple(self.strides), (out_h, out_w))
+        if im2col:
             patches = extract_patches(x, self.kernel_size, self.strides, self.padding)
             y = patch_matmul(patches, kernel.reshape(kh * kw * c, self.features))
         else:
@@ -190,37 +179,6 @@ class Im2colConv(nn.Module):
                 x, kernel, self.strides, self.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
             )
         return y if bias is None else y + bias
-
-
-# Where im2col beats XLA:CPU's convolution (forward+backward, ``python -m
-# benchmarks.conv_grad`` and the per-shape table in docs/benchmarks.md): on at most this
-# many input channels, or for output maps smaller than this on a side.
-IM2COL_MAX_IN_CHANNELS = 4
-IM2COL_BELOW_OUTPUT_SIDE = 4
-
-
-def im2col_pays(in_channels: int, out_height: int, out_width: int) -> bool:
-    """Whether a conv computes faster as im2col on XLA:CPU (see the module doc)."""
-    return in_channels <= IM2COL_MAX_IN_CHANNELS or min(out_height, out_width) < IM2COL_BELOW_OUTPUT_SIDE
-
-
-def use_im2col(flag: bool | None, in_channels: int, out_height: int, out_width: int) -> bool:
-    """One conv's form for a model's ``conv_im2col`` setting: True / False as given;
-    ``None`` (the default) on the CPU backend where :func:`im2col_pays`, and never on
-    GPU/TPU, where the convolution libraries are the fast path."""
-    if flag is None:
-        return jax.default_backend() == "cpu" and im2col_pays(in_channels, out_height, out_width)
-    return bool(flag)
-
-
-def conv_cls(im2col: bool | None):
-    """The conv module for a model's ``conv_im2col`` setting: ``nn.Conv`` for False, else
-    :class:`Conv` (auto-named like ``nn.Conv``) with ``im2col`` set to it (True: always
-    a matmul; None: per conv, see :func:`use_im2col`). Each takes ``nn.Conv``'s arguments
-    with explicit padding and holds the same parameters."""
-    if im2col is None or im2col:
-        return functools.partial(Conv, im2col=im2col)
-    return nn.Conv
 
 
 def _adaptive_matrix(size_in: int, size_out: int) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxthyroid.models import baselines, resnet
+from jaxthyroid.models import backend, baselines, resnet
 
 _RESNETS: dict[str, Callable[..., nn.Module]] = {
     "resnet_tiny": resnet.ResNetTiny,
@@ -42,10 +42,18 @@ def get_model(
     ``in_channels`` is recorded for the caller's convenience (modules take any
     channel count from their input; build the sample input as
     ``[batch, H, W, in_channels]``). ``cross``/``cross_source`` apply to the ResNets
-    only; ``overrides`` go to the module (e.g. ``fast_maxpool=False``,
-    ``param_dtype=jnp.float32``, ``bn_axis_name='data'``).
+    only; ``overrides`` go to the module (e.g. ``ops=backend.default_ops().replace(...)``,
+    ``param_dtype=jnp.float32``, ``bn_axis_name='data'``). The old speed levers
+    ``conv_im2col``, ``stem_im2col`` and ``fast_maxpool`` are still accepted and mapped
+    to ``ops`` by :func:`jaxthyroid.models.backend.ops_from_levers` (None / their old default:
+    the policy; else a ``FutureWarning``).
     """
     del in_channels  # Flax infers input channels at init.
+    levers = {k: overrides.pop(k) for k in ("conv_im2col", "stem_im2col", "fast_maxpool") if k in overrides}
+    if levers and (ops := backend.ops_from_levers(**levers)) is not None:
+        if overrides.get("ops") is not None:
+            raise ValueError(f"get_model: pass either ops or the old levers {sorted(levers)}, not both.")
+        overrides["ops"] = ops
     key = name.lower()
     if key in _RESNETS:
         return _RESNETS[key](num_classes=num_classes, dtype=dtype, cross=cross, cross_source=cross_source, **overrides)

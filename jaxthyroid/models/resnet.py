@@ -26,10 +26,9 @@ computes, and ``graft_plain_into_cross`` turns a trained plain model into a cros
 model with the same outputs. Outside ``cross_term`` the parameter paths of the
 cross model equal the plain model's (blocks and layers are named explicitly).
 
-Speed levers (XLA:CPU, DESIGN §6; each gives the same values as the standard op):
-``stem_im2col`` (the 7×7 stem as one matmul), ``conv_im2col`` (other convs as matmuls
-where that pays) and ``fast_maxpool`` (max-pool as 9 strided slices; off by default);
-see ``layers.py``.
+Every conv and the max-pool are built through ``ops`` (:class:`jaxthyroid.models.backend.Ops`,
+None: the backend's policy), which picks the form that computes them fastest on the
+backend; the network is the same function whatever it picks.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jaxthyroid.models import layers
+from jaxthyroid.models import backend, layers
 
 ModuleDef = Any
 Dtype = Any
@@ -129,13 +128,13 @@ class CrossAdapter(nn.Module):
     act: Callable = nn.relu
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    im2col: bool | None = False  # the ResNet's conv_im2col (layers.conv_cls)
+    ops: backend.Ops | None = None  # the ResNet's
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         hidden = max(self.features // self.reduction, 8)
         conv = partial(
-            layers.conv_cls(self.im2col),
+            backend.resolve(self.ops).conv,
             use_bias=True,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -158,13 +157,13 @@ class ImageCrossTerm(nn.Module):
     act: Callable = nn.relu
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
-    im2col: bool | None = False  # the ResNet's conv_im2col (layers.conv_cls)
+    ops: backend.Ops | None = None  # the ResNet's
 
     @nn.compact
     def __call__(self, image: jax.Array, height: int, width: int) -> jax.Array:
         hidden = max(self.features // self.reduction, 8)
         conv = partial(
-            layers.conv_cls(self.im2col),
+            backend.resolve(self.ops).conv,
             use_bias=True,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -183,7 +182,7 @@ def _cross_term(block: BasicBlock, x: jax.Array, image: jax.Array | None, like: 
         act=block.act,
         dtype=like.dtype,
         param_dtype=block.cross_param_dtype,
-        im2col=block.cross_im2col,
+        ops=block.cross_ops,
         name=CROSS_TERM,
     )
     if block.cross_source == "adapter":
@@ -201,7 +200,7 @@ class CrossBasicBlock(BasicBlock):
     cross_source: str = "adapter"
     cross_reduction: int = 4
     cross_param_dtype: Dtype = jnp.float32
-    cross_im2col: bool | None = False
+    cross_ops: backend.Ops | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, image: jax.Array | None = None) -> jax.Array:
@@ -215,7 +214,7 @@ class CrossBottleneckBlock(BottleneckBlock):
     cross_source: str = "adapter"
     cross_reduction: int = 4
     cross_param_dtype: Dtype = jnp.float32
-    cross_im2col: bool | None = False
+    cross_ops: backend.Ops | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, image: jax.Array | None = None) -> jax.Array:
@@ -263,28 +262,15 @@ class ResNet(nn.Module):
     cross: bool = False
     cross_source: str = "adapter"
     cross_reduction: int = 4
-    # Max-pool as a running maximum over 9 strided slices (same values). Alone its
-    # gradient is ~3.5x faster than nn.max_pool's select-and-scatter on XLA:CPU (66 vs
-    # 230 ms at 64²×64, batch 32), but inside the whole train step, with XLA's own
-    # convolutions (jaxthyroid.xla_options), the step is ~7% slower with it (1356 vs
-    # 1262 ms at 128², 382 vs 336 ms at 64²; benchmarks/train_step.py), so it is off.
-    fast_maxpool: bool = False
-    # The 7×7 stem on 1–3 channels has a weight gradient XLA:CPU runs at ~32 GFLOP/s;
-    # as an im2col matmul it is faster on CPU (same parameter). Measured in
-    # benchmarks/train_step.py.
-    stem_im2col: bool = True
-    # Other convs as im2col matmuls: True all, False none, None (default) where it pays
-    # on the CPU backend (layers.im2col_pays: output maps under 4×4, i.e. ResNet-18's last
-    # stage at 64², where XLA:CPU's conv is ~60× slower forward+backward) and none on
-    # GPU/TPU, where cuDNN/XLA convolutions are the fast path. Same parameters and values
-    # (tests/test_models.py); measured in benchmarks/train_step.py.
-    conv_im2col: bool | None = None
+    # The form of each conv and pool (None: jaxthyroid.models.backend.default_ops()).
+    ops: backend.Ops | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         image = x
+        ops = backend.resolve(self.ops)
         conv = partial(
-            layers.conv_cls(self.conv_im2col),
+            ops.conv,
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -310,15 +296,10 @@ class ResNet(nn.Module):
             padding=((pad, pad), (pad, pad)),
             name="conv_init",
         )
-        if self.stem_im2col:
-            x = layers.Im2colConv(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=conv_kernel_init, **stem)(
-                x
-            )
-        else:
-            x = conv(**stem)(x)
+        x = conv(**stem)(x)
         x = self.act(norm(name="bn_init")(x))
         if not small:
-            x = layers.max_pool(x, 3, 2, ((1, 1), (1, 1)), fast=self.fast_maxpool)
+            x = ops.max_pool(x, 3, 2, ((1, 1), (1, 1)))
 
         block_cls = CROSS_BLOCKS.get(self.block_cls, self.block_cls) if self.cross else self.block_cls
         cross_fields = (
@@ -326,7 +307,7 @@ class ResNet(nn.Module):
                 cross_source=self.cross_source,
                 cross_reduction=self.cross_reduction,
                 cross_param_dtype=self.param_dtype,
-                cross_im2col=self.conv_im2col,
+                cross_ops=ops,
             )
             if self.cross
             else {}

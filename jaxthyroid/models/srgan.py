@@ -14,6 +14,9 @@
   (PyTorch ``AdaptiveAvgPool2d`` semantics) to a fixed ``pool_size²`` grid first,
   which makes the model independent of the input size (``pool_size=6`` gives the
   96×96 parameter count at any size). Default ``None`` = the paper's flatten.
+
+Convs are built through ``ops`` (:class:`jaxthyroid.models.backend.Ops`, None: the backend's
+policy; the same function whatever form it picks).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxthyroid.models import layers
+from jaxthyroid.models import backend
 from jaxthyroid.models.upsample import PixelShuffle
 
 Dtype = Any
@@ -76,9 +79,7 @@ class SRResNet(nn.Module):
     # (False); on small data that model starts far below bicubic and, in our quick run,
     # stayed ~5 dB below it, so the pipeline's configs turn this on.
     bicubic_skip: bool = False
-    # The 3×3 convs as im2col matmuls (layers.Im2colConv, same parameters and values);
-    # the 9×9 ones stay nn.Conv (81× patches would not fit in memory).
-    conv_im2col: bool | None = None
+    ops: backend.Ops | None = None  # the form of each conv (jaxthyroid.models.backend)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -86,19 +87,17 @@ class SRResNet(nn.Module):
         n_up = int(round(math.log2(self.scale)))
         if 2**n_up != self.scale or n_up < 1:
             raise ValueError(f"SRResNet scale must be a power of two >= 2, got {self.scale}")
-        conv9 = functools.partial(nn.Conv, padding="SAME", dtype=self.dtype, param_dtype=self.param_dtype)
-        # Explicit padding 1 is SAME for a 3×3 stride-1 conv; lecun_normal is nn.Conv's default.
-        conv3 = functools.partial(
-            layers.conv_cls(self.conv_im2col),
-            padding=((1, 1), (1, 1)),
+        same = {(3, 3): ((1, 1), (1, 1)), (9, 9): ((4, 4), (4, 4))}  # SAME at stride 1
+        conv_op = functools.partial(
+            backend.resolve(self.ops).conv,
             use_bias=True,
-            kernel_init=nn.initializers.lecun_normal(),
+            kernel_init=nn.initializers.lecun_normal(),  # nn.Conv's default
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
 
         def conv(features, kernel_size, **kw):
-            return (conv3 if kernel_size == (3, 3) else conv9)(features, kernel_size, **kw)
+            return conv_op(features, kernel_size, padding=same[kernel_size], **kw)
 
         norm = _norm(train, self.axis_name, self.dtype, self.param_dtype)
         act = functools.partial(nn.PReLU, negative_slope_init=0.25, param_dtype=self.param_dtype)
@@ -145,18 +144,18 @@ class SRDiscriminator(nn.Module):
     axis_name: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    conv_im2col: bool | None = None  # convs as layers.Im2colConv (same parameters and values)
+    ops: backend.Ops | None = None  # the form of each conv (jaxthyroid.models.backend)
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, return_features: bool = False):
         norm = _norm(train, self.axis_name, self.dtype, self.param_dtype)
+        ops = backend.resolve(self.ops)
         feature_maps = []
         for i in range(8):
             width = self.features * 2 ** (i // 2)
             stride = 2 if i % 2 else 1
             # explicit padding 1 == PyTorch (SAME would pad (0, 1) at stride 2)
-            conv = layers.conv_cls(self.conv_im2col)
-            x = conv(
+            x = ops.conv(
                 width,
                 (3, 3),
                 strides=(stride, stride),

@@ -1,11 +1,11 @@
-"""Upsampling layers shared by the GANs: fast transposed convolutions and PixelShuffle.
+"""Upsampling layers shared by the GANs: transposed convolutions in other forms, and PixelShuffle.
 
 Why this file exists (DESIGN §6): on XLA:CPU the weight gradient of
-``lax.conv_transpose`` (what ``nn.ConvTranspose`` lowers to) is very slow — about
-0.8 s for one DCGAN layer, which made the plain Flax DCGAN step 5× slower than
-PyTorch. The layers here compute *exactly* the same function with the same
-parameters (a kernel shaped like ``nn.ConvTranspose``'s ``[kh, kw, in, out]``),
-but as ordinary stride-1 convolutions / matmuls, whose gradients XLA:CPU does well.
+``lax.conv_transpose`` (what ``nn.ConvTranspose`` lowers to) is very slow. The layers
+here compute *exactly* the same function with the same parameters (a kernel shaped like
+``nn.ConvTranspose``'s ``[kh, kw, in, out]``), but as ordinary stride-1 convolutions /
+matmuls, whose gradients XLA:CPU does well. :mod:`jaxthyroid.models.backend` decides where they
+are used; ``docs/benchmarks.md`` has the measurements.
 
 Kernel semantics: all layers match ``flax.linen.ConvTranspose`` with
 ``transpose_kernel=False`` (the kernel is applied to the zero-dilated input as a
@@ -16,6 +16,7 @@ parameterisations are the same model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -79,16 +80,13 @@ class SubPixelConvTranspose(nn.Module):
     bias_init: Initializer = nn.initializers.zeros
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
-    # Each 2×2 phase conv as an im2col matmul (layers.extract_patches): True always,
-    # None where layers.im2col_pays (few input channels, maps under 4×4, CPU only).
-    # XLA:CPU's own 2×2 convs are faster at the DCGAN's wide layers (129-173 vs
-    # 168-183 ms fwd+bwd as shared-patch matmuls, benchmarks/conv_grad.py).
-    im2col: bool | None = None
+    # Each 2×2 phase conv as an im2col matmul (layers.extract_patches): True, False, or a
+    # rule (in_channels, height, width) -> bool deciding from the input's shape.
+    im2col: bool | Callable[[int, int, int], bool] = False
     # With im2col, inputs at least this many pixels on each side share one set of 2×2
     # patches for all four phases (one matmul with 4·features outputs, then each phase
-    # keeps its shifted window): 1.2-1.5x faster at 8² and 16² than four patch sets; at
-    # 4² the (H+1)(W+1)/HW extra positions cost more than that saves
-    # (benchmarks/conv_grad.py).
+    # keeps its shifted window); on small maps the (H+1)(W+1)/HW extra positions cost
+    # more than that saves.
     shared_patches_min_size: int = 8
 
     @nn.compact
@@ -100,7 +98,7 @@ class SubPixelConvTranspose(nn.Module):
         batch, height, width, _ = x.shape
         padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
 
-        im2col = layers.use_im2col(self.im2col, in_features, height, width)
+        im2col = self.im2col(in_features, height, width) if callable(self.im2col) else self.im2col
         if im2col and min(height, width) >= self.shared_patches_min_size:
             # Phase (a, b) at (p, q) reads the 2×2 window at padded[p + a, q + b]: one
             # patch set over the (H+1)×(W+1) window positions serves all four phases.
