@@ -133,7 +133,8 @@ def arm_changes(cfg, synthetic_dir: str = "synthetic") -> dict[str, dict]:
     arms = {"full": {**gan, "plain.enabled": False}, "plain": dict(single)}
     arms.update({name: ablations[name] for name in ABLATIONS if name in cfg.ablations})
     for name in cfg.baselines:
-        arms[f"baseline/{name}"] = {"model.name": name, "model.num_filters": 0, **single}
+        # Baselines train from random weights (model.init_from holds a ResNet's weights).
+        arms[f"baseline/{name}"] = {"model.name": name, "model.num_filters": 0, "model.init_from": "", **single}
     for n in cfg.scarcity.per_set:
         for arm, ratio in (("real", 0.0), ("real_gan", cfg.synthetic.ratio)):
             arms[f"scarcity/n{n}_{arm}"] = {

@@ -50,6 +50,7 @@ def get_config():
     c.model.cross_source = "adapter"  # adapter | image: where the cross term x_i comes from
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.conv_im2col = None  # convs as im2col matmuls: None = on for the CPU backend only
+    c.model.init_from = ""  # a file of `jaxthyroid weights import`: start from its backbone ("" = random init)
 
     def phase(steps, lr, train_on, model):
         p = ml_collections.ConfigDict()

@@ -148,6 +148,39 @@ def init_variables(model, key, size: int, mesh=None) -> dict:
     return state_lib.init_variables(model, key, _sample(size), mesh=mesh)
 
 
+def pretrained(cfg, variables: dict) -> dict:
+    """``variables`` (a fresh model's, or their ``jax.eval_shape``) with the backbone
+    replaced by the weights of ``model.init_from`` (a file written by ``jaxthyroid
+    weights import``); the head and every ``cross_term`` entry stay as initialised
+    (so a cross model starts as the imported plain one). Imported tensors come back as
+    NumPy arrays in the model's dtypes.
+
+    Raises ConfigError naming ``model.init_from`` when the file is missing or was
+    imported for another architecture, depth, width, stem or channel count.
+    """
+    from jaxthyroid.models import torchvision_import
+
+    path = cfg.model.init_from
+    try:
+        blob = torchvision_import.load(path)
+    except (FileNotFoundError, torchvision_import.WeightsError) as e:
+        raise ConfigError(f"model.init_from: {e}") from None
+    if blob["arch"] != cfg.model.name:
+        raise ConfigError(
+            f"model.init_from={path} holds {blob['arch']} weights, but model.name is {cfg.model.name!r}: "
+            f"set model.name={blob['arch']} or import weights for {cfg.model.name}"
+        )
+    if int(blob["in_channels"]) != 1:
+        raise ConfigError(
+            f"model.init_from={path} was imported with {blob['in_channels']} input channels; scintigrams have one: "
+            "import it again with --channels 1"
+        )
+    try:
+        return torchvision_import.load_pretrained(variables, blob)
+    except torchvision_import.WeightsError as e:
+        raise ConfigError(f"model.init_from={path} does not fit the configured model: {e}") from None
+
+
 def abstract_state(model, tx, size: int, mesh=None):
     """The TrainState's shapes, dtypes and (replicated) shardings, nothing allocated:
     a template to restore a checkpoint into."""

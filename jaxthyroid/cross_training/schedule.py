@@ -16,18 +16,21 @@ import ml_collections
 
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import parallel, report, run_files
+from jaxthyroid.config import ConfigError
 from jaxthyroid.cross_training.data import Data, load_data
 from jaxthyroid.cross_training.evaluation import graft_check, report_on_test_split, validation_metrics
 from jaxthyroid.cross_training.phases import (
     PHASES,
     build_model,
     graft,
+    init_variables,
     logits_fn,
     make_tx,
     phase_enabled,
     phase_is_cross,
     phase_steps,
     phase_train_on,
+    pretrained,
     rounds,
     warmup_steps,
 )
@@ -45,6 +48,8 @@ def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for k in ("data_dir", "dataset_dir", "synthetic_dir"):
         if cfg.data[k]:
             cfg.data[k] = os.path.abspath(cfg.data[k])
+    if cfg.model.init_from:
+        cfg.model.init_from = os.path.abspath(cfg.model.init_from)
     return cfg
 
 
@@ -61,6 +66,10 @@ def validate(cfg) -> None:
     for k in ("seed", "workdir", "checkpoint_every_steps", "keep", "log_every"):
         cfg[k]
     validation_metrics(findings_lib.DEFAULT, cfg.decision)
+    if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
+        raise ConfigError(
+            f"model.init_from={cfg.model.init_from}: no such file (make it with `jaxthyroid weights import`)"
+        )
     for cross in (False, True) if cfg.model.name.startswith("resnet") else (False,):
         build_model(cfg, cross=cross, num_classes=findings_lib.DEFAULT.num_findings)
     for name in PHASES:
@@ -119,6 +128,14 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
 
     def model_of(name):
         return (cross_model, cross_apply) if phase_is_cross(cfg, name) else (plain_model, plain_apply)
+
+    if cfg.model.init_from:  # weights that do not fit fail here, before any training (shapes only)
+        for name in ("phase1", "plain"):
+            if phase_enabled(cfg, name):
+                model = model_of(name)[0]
+                pretrained(
+                    cfg, jax.eval_shape(lambda key, m=model: init_variables(m, key, data.size), jax.random.key(0))
+                )
 
     results = {
         "workdir": str(workdir),

@@ -21,6 +21,7 @@ from jaxthyroid.cross_training.phases import (
     make_tx,
     phase_steps,
     phase_train_on,
+    pretrained,
     rounds,
     warmup_steps,
 )
@@ -73,6 +74,8 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
     mesh_or_one = parallel.mesh_or_single(mesh)
     if initial_variables is None:
         variables = init_variables(model, state_lib.init_key(cfg.seed, PHASES.index(name)), data.size, mesh=mesh_or_one)
+        if cfg.model.init_from:  # a pretrained backbone; the head and cross terms as initialised
+            variables = jax.device_put(pretrained(cfg, variables), parallel.replicated(mesh_or_one))
     else:
         variables = jax.device_put(initial_variables, parallel.replicated(mesh_or_one))
     state = state_lib.state_from_variables(model, tx, variables, mesh=mesh_or_one, donate=initial_variables is None)
