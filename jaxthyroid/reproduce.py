@@ -410,6 +410,11 @@ def run(
 ) -> pathlib.Path:
     """Runs every stage for ``seeds`` seeds and writes ``OUT/report.md``; returns its path."""
     cfg = load_preset(preset, overrides)
+    if cfg.classifier.folds:
+        raise config_lib.ConfigError(
+            "classifier.folds: reproduce repeats its arms over seeds (--seeds); "
+            "k-fold runs through `jaxthyroid train --config.folds=K`"
+        )
     check_step_matched(cfg)  # before anything trains
     out = pathlib.Path(out or f"runs/reproduce_{pathlib.Path(preset).stem}")
     out.mkdir(parents=True, exist_ok=True)

@@ -73,6 +73,10 @@ def get_config():
     # The control: a plain ResNet trained once on everything, as many steps as both phases.
     c.plain = phase(3000, 0.05, "all", "plain")
 
+    # k-fold: > 1 cuts train + validation into this many folds (stratified by finding set),
+    # one run per fold under workdir/fold_<k>, test split fixed; kfold.json holds mean ± std.
+    c.folds = 0
+    c.fold = -1  # which fold a run is (set by the k-fold; -1 = every fold)
     c.decision = "set"  # set (most probable finding set) | threshold (each finding at p >= 0.5)
     c.eval_every_steps = 150  # a validation pass (and a best-checkpoint candidate) every this many steps
     c.checkpoint_every_steps = 300

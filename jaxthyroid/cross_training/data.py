@@ -41,8 +41,12 @@ class Data:
         return self._phase_sources[key]
 
 
-def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
-    """Builds (if needed) and opens the configured data set's splits."""
+def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0, folds: int = 0, fold: int = -1) -> Data:
+    """Builds (if needed) and opens the configured data set's splits.
+
+    ``folds > 1``: fold ``fold`` of a k-fold over the training and validation records
+    together (stratified by finding set, seeded by ``seed``), the test split unchanged.
+    """
     from jaxthyroid.data import features, sources  # lazy: TFDS only when data is read from disk
 
     if data_cfg.source == "phantom":
@@ -72,6 +76,9 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
 
     taxonomy = features.load_taxonomy(dataset_dir)
     real = features.load_source(dataset_dir, "train")
+    validation = features.load_source(dataset_dir, "validation")
+    if folds:
+        real, validation = sources.fold_split(real, validation, folds, fold, seed=seed)
     if data_cfg.train_per_set:
         real = sources.per_set_subset(real, int(data_cfg.train_per_set), seed=seed)
     train = real
@@ -81,7 +88,7 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0) -> Data:
     return Data(
         taxonomy,
         train,
-        features.load_source(dataset_dir, "validation"),
+        validation,
         features.load_source(dataset_dir, "test"),
         data_cfg.size,
         train_real=real,

@@ -130,7 +130,10 @@ def graft_check(plain_apply, cross_apply, plain_vars, cross_vars, data: Data, ba
 
 
 def summary_table(results: dict) -> str:
-    """Markdown: steps, exact-match accuracy and macro F1 per phase on single/cross/all test images."""
+    """Markdown: steps, exact-match accuracy and macro F1 per phase on single/cross/all test images
+    (a k-fold's results: its per-fold table with mean ± std)."""
+    if "per_fold" in results:
+        return results["table"]
     rows = []
     for phase, ev in results.get("evaluations", {}).items():
         row = {"model": phase, "steps": results.get("budgets", {}).get(phase, {}).get("steps")}

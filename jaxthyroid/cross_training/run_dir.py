@@ -76,7 +76,7 @@ def evaluate_run(run_dir, *, which: str = "phase2", decision: str | None = None)
     """Test-split metrics of one phase of a finished run (as in results.json);
     ``decision`` None: the run's own."""
     cfg, _, model, variables = load_run(run_dir, which)
-    data = load_data(cfg.data, seed=cfg.seed)
+    data = load_data(cfg.data, seed=cfg.seed)  # the test split: the same in every fold of a k-fold
     return report_on_test_split(
         model, variables, data, batch_size=cfg.data.eval_batch_size, decision=decision or cfg.decision
     )

@@ -17,6 +17,7 @@ import ml_collections
 from jaxthyroid import findings as findings_lib
 from jaxthyroid import parallel, report, run_files
 from jaxthyroid.config import ConfigError
+from jaxthyroid.cross_training import kfold
 from jaxthyroid.cross_training.data import Data, load_data
 from jaxthyroid.cross_training.evaluation import graft_check, report_on_test_split, validation_metrics
 from jaxthyroid.cross_training.phases import (
@@ -65,6 +66,10 @@ def validate(cfg) -> None:
         cfg.data[k]
     for k in ("seed", "workdir", "checkpoint_every_steps", "keep", "log_every"):
         cfg[k]
+    if cfg.folds == 1 or cfg.folds < 0:
+        raise ConfigError(f"folds must be 0 (no k-fold) or at least 2, not {cfg.folds}")
+    if not -1 <= cfg.fold < max(cfg.folds, 1) or (cfg.fold >= 0 and not cfg.folds):
+        raise ConfigError(f"fold must be -1 (every fold) or a fold of folds={cfg.folds}, not {cfg.fold}")
     validation_metrics(findings_lib.DEFAULT, cfg.decision)
     if cfg.model.init_from and not os.path.isfile(cfg.model.init_from):
         raise ConfigError(
@@ -109,11 +114,13 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
     t0 = time.perf_counter()
     validate(cfg)
     cfg = resolve(cfg)
+    if cfg.folds and cfg.fold < 0:  # every fold, each a run of its own
+        return kfold.run_folds(cfg, run)
     workdir = pathlib.Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_config(cfg, workdir)
     mesh = parallel.make_mesh()
-    data = load_data(cfg.data, seed=cfg.seed)
+    data = load_data(cfg.data, seed=cfg.seed, folds=cfg.folds, fold=cfg.fold)
     num_classes = data.taxonomy.num_findings
     if parallel.is_primary():
         (workdir / "taxonomy.json").write_text(json.dumps(data.taxonomy.to_dict()))

@@ -103,6 +103,44 @@ def mix_sources(real, synthetic, synthetic_ratio: float, *, seed: int = 0) -> Co
     return ConcatSource([real, picked], overrides=[None, {"synthetic": np.int64(1)}])
 
 
+def stratified_folds(set_ids, folds: int, *, seed: int = 0) -> np.ndarray:
+    """The fold int64 ``[N]`` of each record, given its finding set ``set_ids [N]``.
+
+    Stratified: each finding set's records are permuted (seeded) and dealt to the folds
+    in turn, continuing where the previous set stopped, so every set's count differs by
+    at most one between folds, and so does every fold's size.
+    """
+    set_ids = np.asarray(set_ids)
+    if folds < 2:
+        raise ValueError(f"k-fold needs at least 2 folds, not {folds}")
+    if len(set_ids) < folds:
+        raise ValueError(f"{len(set_ids)} records cannot make {folds} folds")
+    rng = np.random.default_rng(seed)
+    out = np.empty(len(set_ids), np.int64)
+    start = 0
+    for s in np.unique(set_ids):
+        members = rng.permutation(np.flatnonzero(set_ids == s))
+        out[members] = (start + np.arange(len(members))) % folds
+        start = (start + len(members)) % folds
+    return out
+
+
+def fold_split(train, validation, folds: int, fold: int, *, seed: int = 0) -> tuple[IndexedSource, IndexedSource]:
+    """``(train, validation)`` of fold ``fold`` of a k-fold over the records of ``train``
+    and ``validation`` together: the fold's records validate, the other folds' train
+    (:func:`stratified_folds`; a test split stays as it is)."""
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is not in [0, {folds})")
+    pool = ConcatSource([train, validation])
+    set_ids = np.asarray([int(pool[i]["finding_set"]) for i in range(len(pool))])
+    assigned = stratified_folds(set_ids, folds, seed=seed)
+    name = f"fold={fold}/{folds},seed={seed}"
+    return (
+        IndexedSource(pool, np.flatnonzero(assigned != fold), description=f"{name},train"),
+        IndexedSource(pool, np.flatnonzero(assigned == fold), description=f"{name},validation"),
+    )
+
+
 class ListSource:
     """An in-memory list of records as a source (tests, small generated sets)."""
 
