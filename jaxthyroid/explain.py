@@ -26,6 +26,7 @@ runs both on fresh phantom images for a finished run; ``reproduce`` can call it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -255,19 +256,23 @@ def phantom_lesions(finding: str, n: int, *, size: int, seed: int) -> tuple[np.n
         raise ExplainError(f"no lesion mask for {finding!r}: one of {', '.join(NODULE_FINDINGS + DIFFUSE_FINDINGS)}")
     set_id = findings_lib.DEFAULT.set_id((finding,))
     key_name = "nodule_mask" if finding in NODULE_FINDINGS else "thyroid_support"
-
-    @jax.jit
-    def render(keys):
-        def one(key):
-            counts, aux = phantom.render(key, set_id, size=size, return_aux=True)
-            return counts, aux[key_name]
-
-        return jax.vmap(one)(keys)
-
-    counts, masks = render(phantom.example_keys(seed, np.arange(n)))
+    counts, masks = _render_with_aux(phantom.example_keys(seed, np.arange(n)), set_id, size, key_name)
     images = transforms.normalize_counts(np.asarray(counts))
     masks = np.asarray(masks) > (0.5 if finding in NODULE_FINDINGS else 0.0)
     return images, masks
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3))
+def _render_with_aux(keys, set_id: int, size: int, key_name: str):
+    """Phantom counts ``[n, size, size, 1]`` and the aux map ``key_name`` ``[n, size, size]``
+    (module level, so repeated calls reuse one compilation)."""
+    from jaxthyroid import phantom
+
+    def one(key):
+        counts, aux = phantom.render(key, set_id, size=size, return_aux=True)
+        return counts, aux[key_name]
+
+    return jax.vmap(one)(keys)
 
 
 def localisation_scores(maps, masks, *, threshold: float = 0.5) -> dict[str, float]:
@@ -278,6 +283,18 @@ def localisation_scores(maps, masks, *, threshold: float = 0.5) -> dict[str, flo
     }
 
 
+def default_blocks(variables) -> tuple[str, ...]:
+    """Grad-CAM blocks a localisation report scores: the last block, and the last block
+    of the stage before (twice the resolution: at 64² with the torchvision stem the last
+    block's map is 2×2, the one before 4×4)."""
+    last = last_block(variables)
+    stage = int(last[len("stage") :].split("_block")[0])
+    earlier = [n for n in variables["params"] if n.startswith(f"stage{stage - 1}_block")]
+    if not earlier:
+        return (last,)
+    return (last, max(earlier, key=lambda n: int(n.split("_block")[1])))
+
+
 def localisation_report(
     run_dir,
     *,
@@ -285,59 +302,93 @@ def localisation_report(
     findings: Sequence[str] = NODULE_FINDINGS,
     n_images: int = 64,
     method: str = "gradcam",
+    blocks: Sequence[str] | None = None,
     threshold: float = 0.5,
     seed: int | None = None,
     batch_size: int = 32,
-    block: str | None = None,
 ) -> dict:
     """How well a run's heat maps point at the phantom's lesions, beside a random map.
 
     For each finding, ``n_images`` fresh phantom images with that finding alone (phantom
     seed = the run's seed + :data:`LOCALISATION_SEED_OFFSET` unless given, so none is a
-    training image) at the run's image size; the map of that finding's logit is scored
-    against the lesion mask (:func:`phantom_lesions`). Grad-CAM on ``block`` (default the
-    last block; at 64² with the torchvision stem its map is only 2×2, an earlier block
-    such as ``stage3_block2`` gives 4×4).
+    training image) at the run's image size; each map of that finding's logit is scored
+    against the lesion mask (:func:`phantom_lesions`), and so is a random map of the
+    same grid (:func:`random_maps`). Maps: Grad-CAM on each of ``blocks`` (default
+    :func:`default_blocks`), or occlusion.
 
-    Returns ``{finding: {'images', 'detected' (share with p >= 0.5), 'mask_fraction',
-    method: {'pointing_game', 'iou'}, 'random': {'pointing_game', 'iou'}}, 'method',
-    'threshold', 'which', 'seed'}``.
+    Returns ``{'which', 'seed', 'threshold', 'images', 'maps': {name: {'method', 'grid'
+    (, 'block')}}, finding: {'detected' (share with p >= 0.5), 'mask_fraction', name:
+    {'pointing_game', 'pointing_game_interval' (Wilson 95 %), 'iou', 'random':
+    {'pointing_game', 'iou'}}}}``; a map's ``name`` is ``gradcam/<block>`` or ``occlusion``.
     """
     from jaxthyroid import cross_training
+    from jaxthyroid.external import wilson_interval
 
     cfg, taxonomy, model, variables = cross_training.load_run(run_dir, which)
     size = int(cfg.data.size)
     seed = int(cfg.seed) + LOCALISATION_SEED_OFFSET if seed is None else seed
+    maps_of = {}  # name -> (images [N, H, W, 1] -> (maps [N, F, H, W], logits [N, F]))
+    out = {"which": which, "seed": seed, "threshold": threshold, "images": n_images, "maps": {}}
     if method == "gradcam":
-        block = _check_block(variables, block)
-        fn = make_gradcam(model, block)
-        grid = _gradcam_grid(model, variables, block=block, size=size)
+        for block in blocks or default_blocks(variables):
+            block = _check_block(variables, block)
+            fn = make_gradcam(model, block)
+            maps_of[f"gradcam/{block}"] = lambda x, fn=fn: _batched(fn, variables, x, batch_size)
+            grid = _gradcam_grid(model, variables, block=block, size=size)
+            out["maps"][f"gradcam/{block}"] = {"method": "gradcam", "block": block, "grid": grid}
     elif method == "occlusion":
         patch, stride = occlusion_geometry(size)
-        grid = len(range(0, size - patch + 1, stride))
+        maps_of["occlusion"] = lambda x: occlusion(model, variables, x, batch_size=max(batch_size, 64))
+        out["maps"]["occlusion"] = {"method": "occlusion", "grid": len(range(0, size - patch + 1, stride))}
     else:
         raise ExplainError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    out = {"method": method, "threshold": threshold, "which": which, "seed": seed, "grid": grid}
-    if method == "gradcam":
-        out["block"] = block
     for k, finding in enumerate(findings):
         if finding not in taxonomy.findings:
             raise ExplainError(f"the run's findings ({', '.join(taxonomy.findings)}) do not include {finding!r}")
         f = taxonomy.findings.index(finding)
         images, masks = phantom_lesions(finding, n_images, size=size, seed=seed + k)
-        if method == "gradcam":
-            maps, logits = _batched(fn, variables, images, batch_size)
-        else:
-            maps, logits = occlusion(model, variables, images, batch_size=max(batch_size, 64))
-        baseline = random_maps(seed + 1000 + k, n_images, size, grid)
-        out[finding] = {
-            "images": n_images,
-            "detected": float((jax.nn.sigmoid(logits[:, f]) >= 0.5).mean()),
-            "mask_fraction": float(masks.mean()),
-            method: localisation_scores(maps[:, f], masks, threshold=threshold),
-            "random": localisation_scores(baseline, masks, threshold=threshold),
-        }
+        row = {"mask_fraction": float(masks.mean())}
+        for name, fn in maps_of.items():
+            maps, logits = fn(images)
+            row.setdefault("detected", float((jax.nn.sigmoid(logits[:, f]) >= 0.5).mean()))
+            scores = localisation_scores(maps[:, f], masks, threshold=threshold)
+            hits = int(round(scores["pointing_game"] * n_images))
+            scores["pointing_game_interval"] = list(wilson_interval(hits, n_images))
+            baseline = random_maps(seed + 1000 + k, n_images, size, out["maps"][name]["grid"])
+            scores["random"] = localisation_scores(baseline, masks, threshold=threshold)
+            row[name] = scores
+        out[finding] = row
     return out
+
+
+def localisation_table(report: dict) -> list[dict]:
+    """Rows ``{finding, map, grid, pointing game, 95 % interval, random map, above random,
+    IoU, random IoU, mask share, detected}`` of a :func:`localisation_report` (for
+    markdown tables); 'above random': the pointing game's interval starts above the
+    random map's rate."""
+    rows = []
+    for finding, row in report.items():
+        if not isinstance(row, dict) or "mask_fraction" not in row:
+            continue
+        for name, info in report["maps"].items():
+            s = row[name]
+            low, high = s["pointing_game_interval"]
+            rows.append(
+                {
+                    "finding": finding,
+                    "map": name,
+                    "grid": f"{info['grid']}×{info['grid']}",
+                    "pointing game": s["pointing_game"],
+                    "95 % interval": f"{low:.2f}–{high:.2f}",
+                    "random map": s["random"]["pointing_game"],
+                    "above random": "yes" if low > s["random"]["pointing_game"] else "no",
+                    "IoU": s["iou"],
+                    "random IoU": s["random"]["iou"],
+                    "mask share": row["mask_fraction"],
+                    "detected": row["detected"],
+                }
+            )
+    return rows
 
 
 def _gradcam_grid(model, variables, *, block: str, size: int) -> int:

@@ -192,7 +192,8 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(centre - half), float(centre + half)
+    # Clamped: at p = 0 or 1 the bound is 0 or 1 exactly, up to one rounding.
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 # ----------------------------------------------------------------------------- taxonomy mapping

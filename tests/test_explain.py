@@ -165,11 +165,21 @@ def test_explain_command_writes_one_png_per_image(run_dir, tmp_path, capsys):
 
 def test_localisation_report_beside_the_random_baseline(run_dir):
     report = explain.localisation_report(run_dir, n_images=4, findings=("hot_nodule", "cold_nodule"))
+    # resnet_tiny has two stages: Grad-CAM on the last block of each.
+    assert list(report["maps"]) == ["gradcam/stage2_block1", "gradcam/stage1_block1"]
+    grids = [m["grid"] for m in report["maps"].values()]
+    assert grids[1] == 2 * grids[0]  # stage 2 halves the resolution
     for finding in ("hot_nodule", "cold_nodule"):
         r = report[finding]
-        assert r["images"] == 4 and 0.0 < r["mask_fraction"] < 0.2
-        for source in ("gradcam", "random"):
-            assert set(r[source]) == {"pointing_game", "iou"}
-            assert 0.0 <= r[source]["pointing_game"] <= 1.0 and 0.0 <= r[source]["iou"] <= 1.0
+        assert 0.0 < r["mask_fraction"] < 0.2 and 0.0 <= r["detected"] <= 1.0
+        for name in report["maps"]:
+            s = r[name]
+            assert set(s) == {"pointing_game", "pointing_game_interval", "iou", "random"}
+            low, high = s["pointing_game_interval"]
+            assert 0.0 <= low <= s["pointing_game"] <= high <= 1.0
+            for scores in (s, s["random"]):
+                assert 0.0 <= scores["pointing_game"] <= 1.0 and 0.0 <= scores["iou"] <= 1.0
+    rows = explain.localisation_table(report)
+    assert len(rows) == 4 and {r["map"] for r in rows} == set(report["maps"])
     with pytest.raises(explain.ExplainError, match="no lesion mask"):
         explain.localisation_report(run_dir, n_images=2, findings=("normal",))
