@@ -151,3 +151,23 @@ def test_evaluate_on_a_simulated_folder_data_set(run_dir, tmp_path, capsys):
     again = json.loads(capsys.readouterr().out)
     assert again["all"]["exact_match"] == result["all"]["exact_match"]  # same images, same labels
     assert "intervals" not in again
+
+
+def test_evaluate_on_a_phantom_config_with_another_seed(run_dir, tmp_path, capsys):
+    """--data CONFIG builds its phantom set (here: another seed, 16 test images) and
+    scores its test split; overrides apply to that config."""
+    overrides = [
+        f"--config.data.data_dir={tmp_path / 'data'}",
+        "--config.seed=11",
+        "--config.data.n_train=12",
+        "--config.data.n_val=12",
+        "--config.data.n_test=16",
+    ]
+    args = ["evaluate", "--run", str(run_dir), "--data", "cross_training_quick", "--bootstrap", "50", "--json"]
+    assert cli.main([*args, *overrides]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["all"]["count"] == 16 and "seed 11" in result["dataset"] and "(test)" in result["dataset"]
+    assert result["intervals"]["replicates"] == 50
+    # Overrides without --data are refused: they would silently do nothing.
+    assert cli.main(["evaluate", "--run", str(run_dir), "--config.seed=3"]) == 2
+    assert "--data" in capsys.readouterr().err
