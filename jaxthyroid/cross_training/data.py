@@ -47,14 +47,15 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0, folds: int 
     ``folds > 1``: fold ``fold`` of a k-fold over the training and validation records
     together (stratified by finding set, seeded by ``seed``), the test split unchanged.
     """
-    from jaxthyroid.data import features, sources  # lazy: TFDS only when data is read from disk
+    from jaxthyroid.data import features, sources  # lazy: TFDS only when a TFDS data set is read
 
     if data_cfg.source == "phantom":
-        from jaxthyroid.data import phantom_builder
+        from jaxthyroid.data import arrays
 
-        # Process 0 builds it; the others then open the finished one (no two writers).
+        # Process 0 builds it (TFDS, or NumPy files where TFDS is not installed); the
+        # others then open the finished one (no two writers).
         dataset_dir = parallel.primary_first(
-            lambda: phantom_builder.build_phantom(
+            lambda: arrays.build_phantom_dataset(
                 data_cfg.data_dir,
                 size=data_cfg.size,
                 n_train=data_cfg.n_train,

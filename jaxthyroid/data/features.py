@@ -63,8 +63,12 @@ def builder_with_own_config():
 
 def is_built(dataset_dir) -> bool:
     """Whether a complete TFDS data set is in ``dataset_dir`` (TFDS writes into an
-    ``incomplete.*`` folder and renames it, with ``dataset_info.json``, when done)."""
-    return os.path.isfile(os.path.join(os.fspath(dataset_dir), "dataset_info.json"))
+    ``incomplete.*`` folder and renames it, with ``dataset_info.json``, when done), or a
+    complete array data set (:mod:`jaxthyroid.data.arrays`)."""
+    from jaxthyroid.data import arrays
+
+    folder = os.fspath(dataset_dir)
+    return os.path.isfile(os.path.join(folder, "dataset_info.json")) or arrays.is_array_dataset(folder)
 
 
 class DataError(ValueError):
@@ -185,6 +189,14 @@ def load_source(dataset_dir, split: str, *, in_memory: bool | None = None):
     decoded splits fit in ``$JAXTHYROID_MEMORY_CACHE_MB`` (default 1024) MiB;
     ``in_memory=False`` never wraps, ``True`` always does.
     """
+    from jaxthyroid.data import arrays
+
+    if arrays.is_array_dataset(dataset_dir):  # NumPy files, read into memory whole: no TFDS
+        key = (os.path.realpath(os.fspath(dataset_dir)), split, "arrays")
+        stamp = os.stat(os.path.join(os.fspath(dataset_dir), arrays.FORMAT_FILE)).st_mtime_ns
+        if key not in _MEMORY or _MEMORY[key][0] != stamp:
+            _MEMORY[key] = (stamp, arrays.load_source(dataset_dir, split))
+        return _MEMORY[key][1]
     info = os.path.join(os.fspath(dataset_dir), "dataset_info.json")
     # The info file's mtime in the key: a data set rebuilt in place is read afresh.
     key = (os.path.realpath(os.fspath(dataset_dir)), split, os.stat(info).st_mtime_ns if os.path.isfile(info) else 0)

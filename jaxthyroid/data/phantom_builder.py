@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import jax
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
@@ -24,9 +23,18 @@ from etils import epath
 from jaxthyroid import findings as findings_lib
 from jaxthyroid.data import features as features_lib
 
+# The examples' definition lives without TFDS (the array data set writes the same ones).
+from jaxthyroid.data.phantom_splits import (  # noqa: F401
+    DEFAULTS,
+    GENERATE_BATCH,
+    SPLIT_OFFSETS,
+    config_name,
+    simulate_examples,
+    split_finding_set_ids,
+    split_seed,
+)
+
 NAME = "thyroid_spect_phantom"
-SPLIT_OFFSETS = {"train": 0, "validation": 1, "test": 2}
-GENERATE_BATCH = 32  # examples per jitted simulator call
 
 
 @dataclasses.dataclass
@@ -39,38 +47,6 @@ class PhantomConfig(tfds.core.BuilderConfig):
     n_val: int = 600
     n_test: int = 600
     seed: int = 0
-
-
-DEFAULTS = dict(cross_fraction=0.25, n_train=2400, n_val=600, n_test=600, seed=0)
-
-
-def config_name(size, cross_fraction, n_train, n_val, n_test, seed) -> str:
-    """``s128`` for the defaults at a size, else a name spelling out every setting."""
-    given = dict(cross_fraction=cross_fraction, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
-    if given == DEFAULTS and size in (64, 128, 256):
-        return f"s{size}"
-    return f"s{size}_x{round(cross_fraction * 100)}_n{n_train}_{n_val}_{n_test}_seed{seed}"
-
-
-def split_seed(seed: int, split: str) -> int:
-    return 3 * int(seed) + SPLIT_OFFSETS[split]
-
-
-def split_finding_set_ids(seed: int, split: str, n: int, cross_fraction: float) -> np.ndarray:
-    """Finding-set ids int32 ``[n]`` of a split's examples (fixed by seed and split)."""
-    from jaxthyroid import phantom
-
-    key = jax.random.key(split_seed(seed, split))
-    return np.asarray(phantom.sample_finding_set_ids(key, n, cross_fraction=cross_fraction))
-
-
-def simulate_examples(seed: int, split: str, indices, finding_set_ids, size: int) -> np.ndarray:
-    """Raw counts as stored: uint16 ``[len(indices), size, size, 1]`` of those examples."""
-    from jaxthyroid import phantom
-
-    keys = phantom.example_keys(split_seed(seed, split), np.asarray(indices))
-    counts = phantom.simulate(keys, np.asarray(finding_set_ids, np.int32), size=size)  # jitted
-    return np.clip(np.rint(np.asarray(counts)), 0, 65535).astype(np.uint16)
 
 
 class ThyroidSpectPhantom(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):

@@ -30,67 +30,12 @@ from etils import epath
 from jaxthyroid import findings as findings_lib
 from jaxthyroid.data import features as features_lib
 
+# Images -> counts and the input checks live without TFDS (the array data set uses them too).
+from jaxthyroid.data.arrays import DEFAULT_PEAK_COUNTS, INPUT_RANGES, to_counts  # noqa: F401
+from jaxthyroid.data.arrays import check_generated as _check
+
 NAME = "thyroid_synthetic"
 SPLIT = "train"
-DEFAULT_PEAK_COUNTS = 200.0
-INPUT_RANGES = ("auto", "counts", "unit")
-# [0, 1] inputs may overshoot by float round-off (a tanh output rescaled); beyond
-# this they are not [0, 1] images and the caller has to say what they are.
-_UNIT_TOLERANCE = 0.01
-
-
-def to_counts(images: np.ndarray, *, input_range: str = "auto", peak_counts: float = DEFAULT_PEAK_COUNTS) -> np.ndarray:
-    """Generated images ``[N, H, W, 1]`` -> stored uint16 counts ``[N, H, W, 1]``.
-
-    ``input_range``:
-      ``"counts"``: raw counts, rounded and clipped to [0, 65535];
-      ``"unit"``: intensities in [0, 1], multiplied by ``peak_counts`` and rounded;
-      ``"auto"``: ``"counts"`` for integer arrays and float arrays with values above
-      1.01, else ``"unit"`` (a float counts array that happens to stay below 1 would
-      be taken as [0, 1]: pass ``"counts"`` for it).
-    """
-    if input_range not in INPUT_RANGES:
-        raise ValueError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
-    x = np.asarray(images)
-    if x.size and not np.all(np.isfinite(x)):
-        raise ValueError("generated images contain NaN or Inf; check the generator's output")
-    if input_range == "auto":
-        is_unit = x.dtype.kind == "f" and (x.size == 0 or float(x.max()) <= 1.0 + _UNIT_TOLERANCE)
-        input_range = "unit" if is_unit else "counts"
-    x = x.astype(np.float64)
-    lo = float(x.min()) if x.size else 0.0
-    if input_range == "unit":
-        hi = float(x.max()) if x.size else 0.0
-        if lo < -_UNIT_TOLERANCE or hi > 1.0 + _UNIT_TOLERANCE:
-            raise ValueError(
-                f"input_range='unit' needs values in [0, 1], got [{lo:.3g}, {hi:.3g}]; map a tanh "
-                "output from [-1, 1] with (x + 1) / 2, or pass input_range='counts'"
-            )
-        if not peak_counts > 0:
-            raise ValueError(f"peak_counts must be > 0, got {peak_counts}")
-        x = np.clip(x, 0.0, 1.0) * float(peak_counts)
-    elif lo < -0.5:
-        raise ValueError(f"counts must be >= 0, got a minimum of {lo:.3g}")
-    return np.clip(np.rint(x), 0, 65535).astype(np.uint16)
-
-
-def _check(counts: np.ndarray, finding_set_ids: np.ndarray, taxonomy: findings_lib.Taxonomy) -> None:
-    if counts.ndim != 4 or counts.shape[-1] != 1 or counts.shape[1] != counts.shape[2]:
-        raise ValueError(f"generated images must be [N, H, H, 1] (square, one channel), got {counts.shape}")
-    if finding_set_ids.ndim != 1 or len(finding_set_ids) != len(counts):
-        raise ValueError(
-            f"finding_set_ids must be [N] with N = {len(counts)} images, got shape {finding_set_ids.shape}"
-        )
-    if len(counts) == 0:
-        raise ValueError("no generated images to write")
-    if finding_set_ids.dtype.kind not in "iu":
-        raise ValueError(f"finding_set_ids must be integers, got dtype {finding_set_ids.dtype}")
-    bad = (finding_set_ids < 0) | (finding_set_ids >= taxonomy.num_sets)
-    if bad.any():
-        raise ValueError(
-            f"finding_set_ids {sorted(set(finding_set_ids[bad].tolist()))[:10]} are outside this "
-            f"taxonomy's 0..{taxonomy.num_sets - 1} ({', '.join(taxonomy.folder_name(s) for s in taxonomy.finding_sets)})"
-        )
 
 
 class ThyroidSynthetic(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):

@@ -110,7 +110,7 @@ def clean_phantom_images(source, indices, *, seed: int, split: str = "test") -> 
     clipped to [0, 1]); None when the records are not phantom images of ``split``
     (origin ``phantom/<split>/<i>``) of the data set built with ``seed``."""
     from jaxthyroid import phantom
-    from jaxthyroid.data import phantom_builder, transforms
+    from jaxthyroid.data import phantom_splits, transforms  # no TFDS: phantom_splits defines the examples
 
     records = [source[int(i)] for i in indices]
     prefix = f"phantom/{split}/"
@@ -124,7 +124,7 @@ def clean_phantom_images(source, indices, *, seed: int, split: str = "test") -> 
     # The builder's random streams: the global threefry layout, not the classic one that
     # cpu_friendly_random (train_srgan) switches to.
     with jax.threefry_partitionable(_PARTITIONABLE):
-        keys = phantom.example_keys(phantom_builder.split_seed(seed, split), example)
+        keys = phantom.example_keys(phantom_splits.split_seed(seed, split), example)
         render = jax.jit(jax.vmap(lambda k, i: phantom.render(k, i, size=size, return_aux=True)[1]["expected"]))
         expected = np.asarray(render(keys, jnp.asarray(ids)), np.float32)[..., None]
     a = expected.reshape(len(ids), -1) - expected.mean((1, 2, 3))[:, None]
