@@ -220,6 +220,9 @@ class _NumpyIterator:
     def __next__(self) -> dict:
         lo = self.loader
         total = None if lo.num_epochs is None else len(lo.source) * int(lo.num_epochs)
+        global_end = (self.position // lo.batch_size + 1) * lo.batch_size * lo.shard_count
+        if total is not None and lo.drop_remainder and global_end > total:
+            raise StopIteration  # a short last global batch: every shard stops before it
         examples = []
         for j in range(self.position, self.position + lo.batch_size):
             b, i = divmod(j, lo.batch_size)
