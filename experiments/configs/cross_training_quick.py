@@ -40,6 +40,19 @@ def get_config():
     c.data.batch_size = 16  # global; at a fixed number of images seen, 16 beat 32 (README)
     c.data.eval_batch_size = 128
     c.data.augment = False  # shifts, rotations, count thinning: off, the fresh images do better (README)
+    # What data.augment = True does (jaxthyroid.data.transforms.AugmentConfig documents each;
+    # every field declared here, so --config.data.augmentation.blur_prob=0.5 works).
+    c.data.augmentation = ml_collections.ConfigDict()
+    c.data.augmentation.max_shift = 0.03  # fraction of the image side
+    c.data.augmentation.max_rotation_deg = 8.0
+    c.data.augmentation.max_scale = 0.08  # relative zoom
+    c.data.augmentation.thinning_prob = 0.5  # binomial count thinning (a shorter acquisition)
+    c.data.augmentation.min_count_fraction = 0.25  # thinning keeps a log-uniform fraction in [this, 1]
+    c.data.augmentation.flip_lr = False  # the anatomy is not mirror-symmetric
+    c.data.augmentation.blur_prob = 0.0  # extra Gaussian PSF blur (another collimator)
+    c.data.augmentation.max_blur_fwhm_px = 3.0
+    c.data.augmentation.window_prob = 0.0  # saturate at a random percentile (a low export window)
+    c.data.augmentation.min_window_percentile = 97.0
     c.data.synthetic_dir = ""  # a GAN-augmented TFDS data set to mix in (see `jaxthyroid augment`)
     c.data.synthetic_ratio = 0.0
 

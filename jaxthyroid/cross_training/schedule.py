@@ -37,6 +37,7 @@ from jaxthyroid.cross_training.phases import (
 )
 from jaxthyroid.cross_training.run_dir import write_config
 from jaxthyroid.cross_training.training import train_phase
+from jaxthyroid.data import transforms
 from jaxthyroid.train import state as state_lib
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ def validate(cfg) -> None:
         cfg.data[k]
     for k in ("train_per_set", "batch_size", "eval_batch_size", "augment", "synthetic_dir", "synthetic_ratio"):
         cfg.data[k]
+    transforms.augment_config(cfg.data)  # data.augmentation declares every AugmentConfig field
     for k in ("seed", "workdir", "checkpoint_every_steps", "keep", "log_every"):
         cfg[k]
     if cfg.folds == 1 or cfg.folds < 0:

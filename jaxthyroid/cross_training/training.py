@@ -80,7 +80,7 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
         variables = jax.device_put(initial_variables, parallel.replicated(mesh_or_one))
     state = state_lib.state_from_variables(model, tx, variables, mesh=mesh_or_one, donate=initial_variables is None)
     train_step, eval_step = steps_lib.make_classifier_steps(model, mesh)
-    augment = transforms.AugmentConfig() if cfg.data.augment else None
+    augment = transforms.augment_config(cfg.data)  # None when data.augment is off
     process_batch = parallel.process_batch_size(batch_size, "data.batch_size")  # the global batch / processes
 
     def train_batches(round_index):

@@ -3,7 +3,11 @@
 :func:`read_counts` turns one file into a float32 grey image ``[H, W]`` whose values
 keep the file's scale (counts for 16-bit and DICOM NM images, 0–255 for 8-bit);
 :func:`to_size` pads it to a square and resizes it in floating point;
-:func:`load_image` does both and rounds to uint16 ``[size, size, 1]``.
+:func:`load_image` does both, flips an inverted-grey export back at the file's full
+scale (:func:`jaxthyroid.data.transforms.uninvert`: 255 for 8-bit files, 65535 for
+16-bit ones, the image's maximum otherwise) and rounds to uint16 ``[size, size, 1]``.
+Training on a folder and ``jaxthyroid predict`` both read files through it, and both
+then normalise with :func:`jaxthyroid.data.transforms.normalize_counts`.
 
 Every failure is an :class:`ImageError` whose message names the file and the reason,
 so a data-set build can list all bad files at once.
@@ -76,12 +80,16 @@ def _read_pil(path: str, max_pixels: int) -> np.ndarray:
                     im = im.convert("RGB" if im.mode != "1" else "L")
                 im.load()
                 is_float = im.mode == "F"
-                a = np.asarray(im).astype(np.float32)
+                raw = np.asarray(im)
+                a = raw.astype(np.float32)
         finally:
             Image.MAX_IMAGE_PIXELS = old_limit
+    # The value an inverted export gives to zero counts: the format's maximum.
+    full_scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(raw.dtype)
     if is_float and a.size and np.nanmax(a) <= 1.0:
         a = a * 255.0  # a float image normalised to [0, 1]: give it an 8-bit scale
-    return _grey(a)
+        full_scale = 255.0
+    return _grey(a), full_scale
 
 
 def _read_dicom(path: str, max_pixels: int) -> np.ndarray:
@@ -115,7 +123,7 @@ def _read_dicom(path: str, max_pixels: int) -> np.ndarray:
     a = _grey(a)
     if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
         a = a.max() - a  # MONOCHROME1: high values are dark
-    return a
+    return a, None  # full scale: the image's own maximum
 
 
 def read_counts(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -126,6 +134,11 @@ def read_counts(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     (DICOM files often have no suffix). Raises :class:`ImageError` naming the file
     and the reason for anything unusable.
     """
+    return _read(path, max_pixels)[0]
+
+
+def _read(path, max_pixels: int) -> tuple[np.ndarray, float | None]:
+    """:func:`read_counts` and the file's full scale (255, 65535, or None: the image's max)."""
     path = str(path)
     try:
         size = os.path.getsize(path)
@@ -136,16 +149,16 @@ def read_counts(path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix in PIL_SUFFIXES:
-            a = _read_pil(path, max_pixels)
+            a, full_scale = _read_pil(path, max_pixels)
         else:
-            a = _read_dicom(path, max_pixels)
+            a, full_scale = _read_dicom(path, max_pixels)
     except ImageError:
         raise
     except Exception as e:  # noqa: BLE001 - truncated/corrupt data from any decoder
         raise ImageError(path, f"unreadable or truncated image ({type(e).__name__}: {e})") from None
     if not np.all(np.isfinite(a)):
         raise ImageError(path, "image contains NaN or infinite values")
-    return a
+    return a, full_scale
 
 
 def to_size(image: np.ndarray, size: int) -> np.ndarray:
@@ -177,5 +190,14 @@ def to_uint16(image: np.ndarray) -> np.ndarray:
 
 
 def load_image(path, size: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """One file -> uint16 ``[size, size, 1]`` (see :func:`read_counts`, :func:`to_size`)."""
-    return to_uint16(to_size(read_counts(path, max_pixels=max_pixels), size))[..., None]
+    """One file -> uint16 ``[size, size, 1]`` (see :func:`read_counts`, :func:`to_size`).
+
+    An inverted-grey export is flipped back at the file's full scale before the resize
+    (so the zero padding of a non-square image stays background):
+    ``255 - v`` restores an inverted 8-bit PNG exactly.
+    """
+    from jaxthyroid.data import transforms
+
+    grey, full_scale = _read(str(path), max_pixels)
+    grey = transforms.uninvert(grey, full_scale, axis=(-2, -1))
+    return to_uint16(to_size(grey, size))[..., None]

@@ -20,6 +20,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# -- normalisation ------------------------------------------------------------------
+# Export-invariant preprocessing (issue 14): the classifier sees the same array whether a
+# scintigram arrives as raw counts (16-bit PNG, DICOM NM), as an 8-bit PNG windowed at a
+# high percentile, or as an inverted 8-bit PNG. Three steps, all in normalize_counts (the
+# one function training and prediction call; image files are un-inverted earlier, at
+# their known full scale, by jaxthyroid.data.images.load_image):
+#   1. polarity: a scintigram is mostly low background with a small bright gland, so its
+#      grey-value distribution is skewed to the right (third central moment > 0); an
+#      inverted one (dark gland on white) is skewed to the left and is flipped back;
+#   2. scale: divide by the image's own NORMALIZE_PERCENTILE-th value (a global scaling of
+#      the counts, e.g. a longer acquisition or another export scale, cancels);
+#   3. window: clip to [0, 1], i.e. the image is windowed at that percentile, as a viewer
+#      exports it. An export windowed above the percentile (at least one pixel rank above:
+#      99.6 at 64², 99.51 at 128²; or at its maximum) then differs from the raw counts only
+#      by its 8-bit quantisation: at most 1/(W - 1) where W is the 8-bit value at the
+#      percentile (W ~ 255 · x_99.5 / x_window).
+# Failure modes: an export windowed at or *below* the 99.5th percentile has saturated the
+# pixels the scale is read from (below it, more of the gland than training ever saw:
+# information the file no longer holds; the augmentation's window_prob imitates it); an image whose gland fills most of the field (tight crop, large zoom on a
+# goitre) can be left-skewed and is then wrongly flipped; an inverted array that did not
+# come from a file and is not 8-bit (integers in [0, 255], flipped about 255) is flipped
+# about its own maximum, which leaves its darkest background at 0 instead of at its count
+# level (an offset, bounded by background / window).
 NORMALIZE_PERCENTILE = 99.5
 
 
@@ -27,16 +50,54 @@ def _xp(x):
     return jnp if isinstance(x, jax.Array) else np
 
 
-# -- normalisation ------------------------------------------------------------------
-def normalize_counts(counts, percentile: float = NORMALIZE_PERCENTILE):
-    """Raw counts ``[..., H, W, C]`` -> float32 in [0, 1], per image.
+def is_inverted(image, axis=(-3, -2, -1)):
+    """Whether each image is stored with inverted grey (dark activity on a white field).
 
-    Each image is divided by its own ``percentile``-th value (99.5 by default, so a
-    handful of hot pixels does not set the scale) and clipped to [0, 1]. An all-zero
-    image stays zero. Works on NumPy (host) and JAX (device, jittable) arrays.
+    The rule: the third central moment of the grey values over ``axis`` is negative
+    (left-skewed). Scintigrams are right-skewed: on 2,400 phantom images (64² and 128²,
+    every finding set) the skewness is >= 0.9; inverting an image negates it exactly.
+    A constant image is not inverted. Returns a bool array of the input's shape without
+    ``axis`` (keepdims). Generic over NumPy/JAX, jittable.
+    """
+    xp = _xp(image)
+    x = xp.asarray(image).astype(xp.float32)
+    centred = x - xp.mean(x, axis=axis, keepdims=True)
+    return xp.mean(centred**3, axis=axis, keepdims=True) < 0
+
+
+def uninvert(image, full_scale=None, axis=(-3, -2, -1)):
+    """Flips inverted images (:func:`is_inverted`) back: ``full_scale - x``.
+
+    ``full_scale`` is the value an inverted export gives to zero counts: 255 for an
+    8-bit file, 65535 for a 16-bit one (:func:`jaxthyroid.data.images.load_image` knows
+    it). ``None`` (an array, not a file): 255 for an image of integers in [0, 255] (an
+    8-bit export, the usual inverted one), else the image's own maximum. Images that are
+    not inverted are returned unchanged (bit for bit). Generic over NumPy/JAX, jittable.
+    """
+    xp = _xp(image)
+    x = xp.asarray(image).astype(xp.float32)
+    if full_scale is None:
+        peak = xp.max(x, axis=axis, keepdims=True)
+        eight_bit = (peak <= 255.0) & xp.all(x == xp.round(x), axis=axis, keepdims=True)
+        top = xp.where(eight_bit, xp.float32(255.0), peak)
+    else:
+        top = xp.float32(full_scale)
+    return xp.where(is_inverted(x, axis=axis), top - x, x)
+
+
+def normalize_counts(counts, percentile: float = NORMALIZE_PERCENTILE):
+    """Raw counts (or any export of them) ``[..., H, W, C]`` -> float32 in [0, 1], per image.
+
+    Inverted grey is flipped back (:func:`uninvert`), then each image is divided by its
+    own ``percentile``-th value (99.5 by default, so a handful of hot pixels does not set
+    the scale) and clipped to [0, 1]: windowed at that percentile. An all-zero image stays
+    zero. Works on NumPy (host) and JAX (device, jittable) arrays. See the comment above
+    for the rule, its tolerance and its failure modes.
     """
     xp = _xp(counts)
-    x = xp.asarray(counts).astype(xp.float32)
+    x = uninvert(xp.asarray(counts).astype(xp.float32))
+    # Linear interpolation between the two pixels around the rank (numpy's default): an
+    # export windowed at or above the upper one of them keeps both unsaturated.
     scale = xp.percentile(x, percentile, axis=(-3, -2, -1), keepdims=True)
     # An empty or near-empty image has a 0 percentile; fall back to its max, then 1.
     peak = xp.max(x, axis=(-3, -2, -1), keepdims=True)
@@ -44,7 +105,22 @@ def normalize_counts(counts, percentile: float = NORMALIZE_PERCENTILE):
     return xp.clip(x / scale, 0.0, 1.0).astype(xp.float32)
 
 
+def window_8bit(counts, percentile: float = NORMALIZE_PERCENTILE, *, invert: bool = False) -> np.ndarray:
+    """What a viewer's 8-bit export does to counts ``[..., H, W, C]``: uint8, per image.
+
+    ``round(255 · clip(x / x_percentile, 0, 1))`` (``percentile=100``: windowed at the
+    maximum), optionally inverted (``255 - v``). NumPy only; for tests and export studies.
+    """
+    x = np.asarray(counts, np.float32)
+    top = np.percentile(x, percentile, axis=(-3, -2, -1), keepdims=True)
+    v = np.rint(255.0 * np.clip(x / np.where(top > 0, top, 1.0), 0.0, 1.0)).astype(np.uint8)
+    return (255 - v).astype(np.uint8) if invert else v
+
+
 # -- augmentation -------------------------------------------------------------------
+_FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
     """Augmentations that make sense for planar scintigraphy.
@@ -57,6 +133,16 @@ class AugmentConfig:
       min_count_fraction: thinning keeps a log-uniform fraction in [this, 1] of the counts.
       flip_lr: left-right flip with probability 1/2. Off by default: the anatomy is not
         mirror-symmetric (the right lobe is larger).
+      blur_prob: probability of an extra Gaussian blur (a wider PSF: another collimator,
+        a larger source-collimator distance). Off by default. The blur acts on the
+        (thinned) noisy counts, so it also smooths their Poisson noise, which a wider PSF
+        would not: it imitates lost resolution, not the count statistics.
+      max_blur_fwhm_px: the blur's FWHM is uniform in [0, this] pixels (3 px at 128² with
+        1.25-1.7 mm pixels is 4-5 mm: added in quadrature to the phantom's 4-11 mm PSF).
+      window_prob: probability of saturating the image at a random high percentile, as an
+        8-bit export windowed below the normaliser's percentile does
+        (:func:`normalize_counts`' first failure mode). Off by default.
+      min_window_percentile: that percentile is uniform in [this, 100].
     """
 
     max_shift: float = 0.03
@@ -65,6 +151,32 @@ class AugmentConfig:
     thinning_prob: float = 0.5
     min_count_fraction: float = 0.25
     flip_lr: bool = False
+    blur_prob: float = 0.0
+    max_blur_fwhm_px: float = 3.0
+    window_prob: float = 0.0
+    min_window_percentile: float = 97.0
+
+
+def augment_config(data_cfg) -> AugmentConfig | None:
+    """The training config's augmentation: ``None`` when ``data_cfg.augment`` is off,
+    else :class:`AugmentConfig` from the ``data_cfg.augmentation`` block, which declares
+    every field (a missing or unknown key is a :class:`jaxthyroid.config.ConfigError`,
+    checked whether or not augmentation is on)."""
+    from jaxthyroid.config import ConfigError
+
+    values = dict(data_cfg.augmentation)
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    if set(values) != fields:
+        raise ConfigError(
+            f"data.augmentation: missing {sorted(fields - set(values))}, unknown {sorted(set(values) - fields)}; "
+            f"it declares every field of jaxthyroid.data.transforms.AugmentConfig"
+        )
+    return AugmentConfig(**values) if data_cfg.augment else None
+
+
+def augmentation_block() -> dict:
+    """The defaults of :class:`AugmentConfig` as a dict: a config file's ``data.augmentation``."""
+    return dataclasses.asdict(AugmentConfig())
 
 
 class AugmentParams(NamedTuple):
@@ -76,6 +188,8 @@ class AugmentParams(NamedTuple):
     scale: float
     keep_fraction: float  # 1.0 = no thinning
     flip: bool
+    blur_sigma: float = 0.0  # pixels; 0 = no blur
+    window_percentile: float = 100.0  # 100 = no saturation
 
 
 def sample_params_np(rng: np.random.Generator, config: AugmentConfig, size: int) -> AugmentParams:
@@ -86,20 +200,34 @@ def sample_params_np(rng: np.random.Generator, config: AugmentConfig, size: int)
     thin = rng.uniform() < config.thinning_prob
     keep = math.exp(rng.uniform(math.log(config.min_count_fraction), 0.0)) if thin else 1.0
     flip = bool(config.flip_lr and rng.uniform() < 0.5)
-    return AugmentParams(float(shift[0]), float(shift[1]), float(angle), float(scale), float(keep), flip)
+    # Drawn only when enabled, so the draws above (and thinning's) are as before otherwise.
+    blur = window = 0.0
+    if config.blur_prob > 0:
+        blur = float(rng.uniform() < config.blur_prob) * rng.uniform() * config.max_blur_fwhm_px * _FWHM_TO_SIGMA
+    if config.window_prob > 0:
+        window = float(rng.uniform() < config.window_prob) * rng.uniform()
+    percentile = 100.0 - window * (100.0 - config.min_window_percentile)
+    return AugmentParams(
+        float(shift[0]), float(shift[1]), float(angle), float(scale), float(keep), flip, float(blur), float(percentile)
+    )
 
 
 def sample_params_jax(key: jax.Array, config: AugmentConfig, size: int, shape: tuple[int, ...] = ()) -> AugmentParams:
     """Draws augmentations of ``shape`` images on device from one typed key (jittable).
 
-    All seven numbers per image come from one flat uniform draw: few, flat random
-    calls keep the compile short on CPU (vmapped or rank-4 draws take seconds).
+    The first seven numbers per image come from one flat uniform draw: few, flat random
+    calls keep the compile short on CPU (vmapped or rank-4 draws take seconds). Blur
+    and window come from a second draw under ``fold_in(key, 1)``, so the first seven
+    are the same with or without them.
     """
     n = math.prod(shape)
     u = jax.random.uniform(key, (7 * n,)).reshape((7,) + tuple(shape))
     sym = 2.0 * u - 1.0  # uniform in [-1, 1)
     thin = u[3] < config.thinning_prob
     keep = jnp.where(thin, jnp.exp(math.log(config.min_count_fraction) * u[4]), 1.0)
+    v = jax.random.uniform(jax.random.fold_in(key, 1), (4 * n,)).reshape((4,) + tuple(shape))
+    blur = jnp.where(v[0] < config.blur_prob, v[1] * config.max_blur_fwhm_px * _FWHM_TO_SIGMA, 0.0)
+    window = jnp.where(v[2] < config.window_prob, v[3], 0.0)
     return AugmentParams(
         shift_y=sym[0] * config.max_shift * size,
         shift_x=sym[1] * config.max_shift * size,
@@ -107,7 +235,40 @@ def sample_params_jax(key: jax.Array, config: AugmentConfig, size: int, shape: t
         scale=1.0 + config.max_scale * sym[5],
         keep_fraction=keep,
         flip=(u[6] < 0.5) if config.flip_lr else jnp.zeros(shape, bool),
+        blur_sigma=blur,
+        window_percentile=100.0 - window * (100.0 - config.min_window_percentile),
     )
+
+
+def gaussian_blur(image, sigma, max_sigma: float):
+    """Separable Gaussian blur of one image ``[H, W, C]`` with ``sigma`` pixels (may be traced).
+
+    The kernel spans ``ceil(3 max_sigma)`` pixels each side, normalised to sum 1; the
+    field outside the image holds no counts (zero padding). ``sigma`` ~ 0 returns the
+    image unchanged. Generic over NumPy/JAX.
+    """
+    xp = _xp(image)
+    h, w = image.shape[0], image.shape[1]
+    radius = max(int(math.ceil(3.0 * max_sigma)), 1)
+    d = xp.arange(-radius, radius + 1, dtype=xp.float32)
+    s = xp.maximum(xp.asarray(sigma, xp.float32), 1e-3)
+    k = xp.exp(-0.5 * (d / s) ** 2)
+    k = k / xp.sum(k)
+
+    def matrix(n):  # [n, n]: row i holds the kernel centred on pixel i
+        offset = xp.arange(n)[None, :] - xp.arange(n)[:, None]
+        return xp.where(xp.abs(offset) <= radius, k[xp.clip(offset + radius, 0, 2 * radius)], 0.0)
+
+    out = xp.einsum("ij,jkc,lk->ilc", matrix(h), xp.asarray(image, xp.float32), matrix(w))
+    return out.astype(xp.float32)
+
+
+def saturate(image, percentile):
+    """Clips one image ``[H, W, C]`` at its own ``percentile``-th value (100: unchanged):
+    what an export windowed at that percentile keeps. Generic over NumPy/JAX."""
+    xp = _xp(image)
+    top = xp.percentile(image, percentile)
+    return xp.where(percentile >= 100.0, image, xp.minimum(image, top)).astype(xp.float32)
 
 
 def affine_warp(image, params: AugmentParams):
@@ -183,11 +344,26 @@ def thin_counts_jax(key: jax.Array, counts: jax.Array, keep_fraction) -> jax.Arr
     return jnp.where(p >= 1.0, n, thinned)
 
 
+def _blur_warp_window(counts, params: AugmentParams, config: AugmentConfig):
+    """The steps after thinning, for one image: PSF blur, affine warp, export window."""
+    x = counts
+    if config.blur_prob > 0:
+        x = gaussian_blur(x, params.blur_sigma, config.max_blur_fwhm_px * _FWHM_TO_SIGMA)
+    x = affine_warp(x, params)
+    if config.window_prob > 0:
+        x = saturate(x, params.window_percentile)
+    return x
+
+
 def augment_counts_np(counts: np.ndarray, config: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
-    """Host augmentation of one raw-count image ``[H, W, C]`` -> float32 counts ``[H, W, C]``."""
+    """Host augmentation of one raw-count image ``[H, W, C]`` -> float32 counts ``[H, W, C]``.
+
+    Thinning (on the raw integer counts), PSF blur, affine warp, export window, each as
+    ``config`` enables it.
+    """
     params = sample_params_np(rng, config, counts.shape[0])
     thinned = thin_counts_np(counts, params.keep_fraction, rng)
-    return affine_warp(thinned, params)
+    return _blur_warp_window(thinned, params, config)
 
 
 def augment_batch(key: jax.Array, counts: jax.Array, config: AugmentConfig) -> jax.Array:
@@ -199,7 +375,7 @@ def augment_batch(key: jax.Array, counts: jax.Array, config: AugmentConfig) -> j
     k_params, k_thin = jax.random.split(key)
     params = sample_params_jax(k_params, config, counts.shape[1], (counts.shape[0],))
     thinned = thin_counts_jax(k_thin, counts, params.keep_fraction[:, None, None, None])
-    return jax.vmap(affine_warp)(thinned, params)
+    return jax.vmap(lambda x, p: _blur_warp_window(x, p, config))(thinned, params)
 
 
 # -- record -> example (the grain pipeline's map) ------------------------------------
