@@ -32,12 +32,19 @@ class CLIError(Exception):
 
 # --------------------------------------------------------------------------- simulate
 def _cmd_simulate(args) -> None:
+    from jaxthyroid import phantom
     from jaxthyroid.data import export
 
     summary = export.write_simulated(
-        args.out, args.n, size=args.size, seed=args.seed, cross_fraction=args.cross_fraction, dicom=args.dicom
+        args.out,
+        args.n,
+        size=args.size,
+        seed=args.seed,
+        cross_fraction=args.cross_fraction,
+        dicom=args.dicom,
+        params=phantom.PhantomParams.regime(args.domain),
     )
-    print(f"wrote {args.n} simulated scintigrams ({args.size}x{args.size}) to {args.out}")
+    print(f"wrote {args.n} simulated scintigrams ({args.size}x{args.size}, {args.domain} phantom) to {args.out}")
     for k, v in summary.items():
         if k != "paths":
             print(f"  {k}: {v}")
@@ -258,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--cross-fraction", type=float, default=0.25, help="share of cross-feature images")
     s.add_argument("--dicom", action="store_true", help="also write NM DICOM files")
+    s.add_argument(
+        "--domain",
+        default="default",
+        choices=("default", "randomised", "ood"),
+        help="phantom regime (docs/phantom.md): the training default, domain-randomised, or held out",
+    )
     s.set_defaults(handler=_cmd_simulate)
 
     d = sub.add_parser("data", help="build data sets (TFDS, array_record)")

@@ -68,13 +68,23 @@ def test_a_name_drawn_twice_is_an_error():
         d.bernoulli("a", 0.5)
 
 
-def test_every_range_of_params_is_drawn_under_its_own_name():
-    names = set(simulator._draw_names(sampling.Draws, phantom.DEFAULT_PARAMS))
+@pytest.mark.parametrize("regime", ["default", "randomised"])
+def test_every_range_of_params_is_drawn_under_its_own_name(regime):
+    params = phantom.PhantomParams.regime(regime)
+    names = set(simulator._draw_names(sampling.Draws, params))
     not_random = {"nodule_thickness"}  # a clip range, not a draw
-    ranges = {
-        f.name
-        for f in dataclasses.fields(params_lib.PhantomParams)
-        if isinstance(getattr(phantom.DEFAULT_PARAMS, f.name), tuple)
-    }
-    missing = ranges - not_random - names
+    # Randomisations switched off (neutral range, or probability 0) are not drawn.
+    off = {"oesophagus_level", "oesophagus_sigma_mm", "oesophagus_offset_mm"} if params.oesophagus_prob == 0 else set()
+    if params.export_windowed_prob == 0:
+        off.add("export_window_percentile")
+    ranges = set()
+    for f in dataclasses.fields(params_lib.PhantomParams):
+        value = getattr(params, f.name)
+        if isinstance(value, tuple):
+            if value in ((0.0, 0.0), (1.0, 1.0)):
+                off.add(f.name)
+            ranges.add(f.name)
+    missing = ranges - not_random - off - names
     assert not missing, missing
+    if regime == "randomised":
+        assert not off, off

@@ -156,4 +156,7 @@ def activity_map(texture_key, lay, size, params: PhantomParams):
         y,
     )
     activity = thyroid + background[:, None] + blobs
+    if "oesophagus_x" in lay:  # a vertical band (the patient's rotation neglected)
+        band = jnp.exp(-0.5 * ((x - lay["oesophagus_x"]) / lay["oesophagus_sigma"]) ** 2)
+        activity = activity + lay["oesophagus_level"] * band[None, :]
     return activity, dict(thyroid_support=support, nodule_mask=nodule_mask, thyroid_activity=thyroid)

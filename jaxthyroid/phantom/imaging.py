@@ -26,12 +26,20 @@ from jaxthyroid.phantom.sampling import Draws
 POISSON_SAMPLERS = ("fast", "jax")
 
 
+def _on(rng) -> bool:
+    """Whether a randomisation range is switched on (static: decides what is traced)."""
+    return tuple(rng) not in ((0.0, 0.0), (1.0, 1.0))
+
+
 def acquisition(d: Draws, params: PhantomParams) -> dict:
     """The per-image camera settings (named draws): collimator, PSF and scatter
-    widths (mm), counting mode and count level."""
+    widths (mm), counting mode and count level; with the randomisation fields on,
+    also ``magnification``, ``distortion``, ``resolution_gradient`` (pinhole only,
+    else neutral), ``matrix`` and the export (``windowed``, ``inverted``,
+    ``window_percentile``)."""
     p = params
     pinhole = d.bernoulli("pinhole_prob", p.pinhole_prob)
-    return dict(
+    acq = dict(
         pinhole=pinhole,
         psf_fwhm=jnp.where(
             pinhole, d.uniform("pinhole_fwhm_mm", p.pinhole_fwhm_mm), d.uniform("parallel_fwhm_mm", p.parallel_fwhm_mm)
@@ -41,12 +49,39 @@ def acquisition(d: Draws, params: PhantomParams) -> dict:
         preset_count=d.bernoulli("preset_count_prob", p.preset_count_prob),
         counts=d.log_uniform("total_counts", p.total_counts),
     )
+    for name, neutral in (
+        ("pinhole_magnification", 1.0),
+        ("pinhole_distortion", 0.0),
+        ("pinhole_resolution_gradient", 0.0),
+    ):
+        if _on(getattr(p, name)):
+            acq[name.removeprefix("pinhole_")] = jnp.where(pinhole, d.uniform(name, getattr(p, name)), neutral)
+    if _on(p.matrix_px):
+        acq["matrix"] = d.log_uniform("matrix_px", p.matrix_px)
+    if p.export_windowed_prob > 0:
+        acq["windowed"] = d.bernoulli("export_windowed_prob", p.export_windowed_prob)
+        acq["inverted"] = acq["windowed"] & d.bernoulli("export_inverted_prob", p.export_inverted_prob)
+        acq["window_percentile"] = d.uniform("export_window_percentile", p.export_window_percentile)
+    return acq
 
 
 def psf_half_width(size, params: PhantomParams) -> int:
-    """Static kernel half-width (pixels): 3 sigma of the widest PSF at the finest pixel."""
-    fwhm = max(params.pinhole_fwhm_mm[1], params.parallel_fwhm_mm[1])
-    return int(math.ceil(3.0 * fwhm * FWHM_TO_SIGMA / (params.fov_mm[0] / size)))
+    """Static kernel half-width (pixels): 3 sigma of the widest PSF (acquisition-pixel
+    blur and off-axis pinhole blur included) at the finest pixel."""
+    finest_px = params.fov_mm[0] / max(params.pinhole_magnification[1], 1.0) / size
+    box_var = 0.0
+    if _on(params.matrix_px):
+        w = size / params.matrix_px[0]
+        box_var = max(w * w - 1.0, 0.0) / 12.0
+
+    def sigma(fwhm_mm):
+        return math.sqrt((fwhm_mm * FWHM_TO_SIGMA / finest_px) ** 2 + box_var)
+
+    widest = max(
+        sigma(params.pinhole_fwhm_mm[1]) * (1.0 + params.pinhole_resolution_gradient[1]),
+        sigma(params.parallel_fwhm_mm[1]),
+    )
+    return int(math.ceil(3.0 * widest))
 
 
 def psf_blur(image, sigma_px, half_width):
@@ -77,20 +112,61 @@ def scatter_blur(image, sigma_px, grid=4):
     return u @ coarse @ u.T * (1.0 / (grid * grid))
 
 
+def _radius2(size):
+    """Squared normalised radius ``[size, size]`` (1 at the middle of an edge)."""
+    r = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size * 2.0 - 1.0
+    return r[:, None] ** 2 + r[None, :] ** 2
+
+
+def distort(activity, k):
+    """Radial distortion of ``[H, W]``: what lies at normalised radius rho appears at
+    rho (1 + k rho²). Resampled bilinearly (edges replicate)."""
+    size = activity.shape[0]
+    c = (jnp.arange(size, dtype=jnp.float32) + 0.5) / size * 2.0 - 1.0
+    yy, xx = jnp.meshgrid(c, c, indexing="ij")
+    rho2_img = xx * xx + yy * yy
+    # Invert rho_img = rho (1 + k rho²) by two fixed-point steps (k <= 0.2: converged to < 1e-3).
+    scale = 1.0 / (1.0 + k * rho2_img)
+    scale = 1.0 / (1.0 + k * rho2_img * scale * scale)
+    rows, cols = ((v * scale + 1.0) * 0.5 * size - 0.5 for v in (yy, xx))
+    return jax.scipy.ndimage.map_coordinates(activity, [rows, cols], order=1, mode="nearest")
+
+
 def expected_counts(activity, acq, fov, params: PhantomParams):
     """Noise-free counts ``[size, size]`` of an activity map, and a dict with
     ``activity_integral`` (bg-units x mm²) and ``total`` (expected total counts)."""
     size = activity.shape[0]
     px = fov / size
+    integral = activity.sum() * px * px
+    if "distortion" in acq:
+        activity = distort(activity, acq["distortion"])
     # Collimator PSF + scatter tail: (1-w) G_psf + w G_scatter, each separable.
     w = acq["scatter_weight"]
-    psf = psf_blur(activity, acq["psf_fwhm"] * FWHM_TO_SIGMA / px, psf_half_width(size, params))
+    sigma = acq["psf_fwhm"] * FWHM_TO_SIGMA / px
+    if "matrix" in acq:  # the acquisition pixel's box blur, as a Gaussian of its variance
+        box = size / acq["matrix"]
+        sigma = jnp.sqrt(sigma * sigma + jnp.maximum(box * box - 1.0, 0.0) / 12.0)
+    half_width = psf_half_width(size, params)
+    psf = psf_blur(activity, sigma, half_width)
+    if "resolution_gradient" in acq:  # FWHM (1 + g rho²), as a blend of two blurs by rho²
+        off_axis = psf_blur(activity, sigma * (1.0 + acq["resolution_gradient"]), half_width)
+        psf = psf + jnp.minimum(_radius2(size), 1.0) * (off_axis - psf)
     scatter = scatter_blur(activity, acq["scatter_fwhm"] * FWHM_TO_SIGMA / px)
     image = (1.0 - w) * psf + w * scatter
     # Counts: preset count (log-uniform total), or preset time (total ∝ activity).
-    integral = activity.sum() * px * px
     total = jnp.where(acq["preset_count"], acq["counts"], acq["counts"] * integral / params.reference_activity)
     return image * (total / image.sum()), dict(activity_integral=integral, total=total)
+
+
+def export(counts, acq):
+    """The image as written: raw counts, or 8-bit windowed at the drawn percentile,
+    or its inverted grey (float32, integer values; ``counts`` ``[H, W, 1]``)."""
+    if "windowed" not in acq:
+        return counts
+    top = jnp.maximum(jnp.percentile(counts, acq["window_percentile"]), 1.0)
+    grey = jnp.floor(255.0 * jnp.minimum(counts / top, 1.0))
+    grey = jnp.where(acq["inverted"], 255.0 - grey, grey)
+    return jnp.where(acq["windowed"], grey, counts)
 
 
 # ----------------------------------------------------------------------------------

@@ -29,12 +29,14 @@ def _rot(v, cos, sin):
     return jnp.stack([cos * v[0] - sin * v[1], sin * v[0] + cos * v[1]])
 
 
-def layout(d: Draws, flags, params: PhantomParams = DEFAULT_PARAMS) -> dict:
+def layout(d: Draws, flags, params: PhantomParams = DEFAULT_PARAMS, magnification=None) -> dict:
     """Every per-image random quantity of the anatomy, as a dict of arrays (lengths in mm).
 
     Args:
       d: the image's named draws.
       flags: float32 ``[6]`` multi-hot findings.
+      magnification: the pinhole zoom (the FOV covers fov / magnification of the
+        patient), or None for none.
     The draws do not depend on ``flags`` (flags only select among drawn values), so
     the same key with other findings is the same patient with other findings.
     """
@@ -45,6 +47,8 @@ def layout(d: Draws, flags, params: PhantomParams = DEFAULT_PARAMS) -> dict:
     hot_alone = hot & ~cold & ~graves & ~hashimoto & ~subacute
 
     fov = d.uniform("fov_mm", p.fov_mm)
+    if magnification is not None:
+        fov = fov / magnification
     # -- gland size and shape per finding --
     size = pick(
         [
@@ -100,6 +104,8 @@ def layout(d: Draws, flags, params: PhantomParams = DEFAULT_PARAMS) -> dict:
         per_finding("salivary"),
     )
     salivary_peak = salivary_rel * thyroid_peak
+    if p.salivary_scale != (1.0, 1.0):
+        salivary_peak = salivary_peak * d.uniform("salivary_scale", p.salivary_scale)
 
     # -- lobes in the patient frame (origin = gland centre) --
     side = jnp.array([-1.0, 1.0])  # image-left (patient right), image-right
@@ -200,7 +206,7 @@ def layout(d: Draws, flags, params: PhantomParams = DEFAULT_PARAMS) -> dict:
     def place(c):  # patient-frame points [2, n] -> image mm
         return _rot(c * s, cos, sin) + origin[:, None]
 
-    return dict(
+    out = dict(
         fov=fov,
         lobe_c=place(centres),
         lobe_ev=_rot(e_v, cos, sin),
@@ -240,3 +246,11 @@ def layout(d: Draws, flags, params: PhantomParams = DEFAULT_PARAMS) -> dict:
         marker_level=marker_level,
         gradient=d.uniform("background_gradient", p.background_gradient),
     )
+    if p.oesophagus_prob > 0:  # a vertical band: x of its axis (image mm), sigma, level
+        on = d.bernoulli("oesophagus_prob", p.oesophagus_prob)
+        out.update(
+            oesophagus_x=origin[0] + s * d.uniform("oesophagus_offset_mm", p.oesophagus_offset_mm),
+            oesophagus_sigma=s * d.uniform("oesophagus_sigma_mm", p.oesophagus_sigma_mm),
+            oesophagus_level=on * d.uniform("oesophagus_level", p.oesophagus_level),
+        )
+    return out

@@ -152,5 +152,88 @@ class PhantomParams:
     scale: float = 0.10  # size factor uniform in 1 +- scale
     poisson: str = "fast"  # "fast" (hash-based, see imaging.py) or "jax" (jax.random.poisson)
 
+    # -- domain randomisation (issue 14): off at these defaults ---------------------
+    # Each is switched on by a regime (REGIMES below); at the defaults the simulator
+    # traces exactly the step-1 program (static branches), so default images stay put.
+    # Pinhole zoom: the camera sees fov / m of the patient, magnified onto the detector
+    # (pinhole thyroid views are magnified ~1.5-3x: Seret 2006; EANM thyroid guideline).
+    pinhole_magnification: Range = (1.0, 1.0)
+    # Pinhole radial distortion: a point at normalised radius rho (1 = the FOV edge)
+    # appears at rho (1 + k rho²) (the oblique, depth-dependent pinhole projection).
+    pinhole_distortion: Range = (0.0, 0.0)
+    # Pinhole position-dependent resolution (the aperture's effective diameter grows
+    # off-axis): the PSF at normalised radius rho is the on-axis one blended with one
+    # (1 + g) times wider, by weight min(rho², 1): the width grows from FWHM on axis
+    # to FWHM (1 + g) at the middle of an edge.
+    pinhole_resolution_gradient: Range = (0.0, 0.0)
+    # Acquisition matrix (log-uniform; 0 = the output size): a matrix coarser than the
+    # output adds each acquisition pixel's box blur, as a Gaussian of the same variance
+    # ((w² - 1) / 12 output px², w = size / matrix). Clinical thyroid matrices: 64-256.
+    matrix_px: Range = (0.0, 0.0)
+    # Salivary uptake x this factor (on top of the per-finding S ranges). Kept within
+    # (0.7, 1.4) so normal (S <= 0.5) stays below 1 and subacute thyroiditis (S >= 2) above.
+    salivary_scale: Range = (1.0, 1.0)
+    # Oesophageal activity (swallowed pertechnetate): a vertical band behind the gland,
+    # slightly to the patient's left (image right), seen on a minority of scans.
+    oesophagus_prob: float = 0.0
+    oesophagus_level: Range = (0.5, 2.0)  # x background
+    oesophagus_sigma_mm: Range = (3.0, 6.0)  # Gaussian sigma across the band
+    oesophagus_offset_mm: Range = (0.0, 10.0)  # x of its axis from the gland centre (image right)
+    # Export paths: raw counts, or 8-bit windowed (value = 255 min(1, counts / the
+    # window percentile)), inverted grey (255 - that) given windowed: as viewers export.
+    export_windowed_prob: float = 0.0
+    export_inverted_prob: float = 0.5  # given a windowed export
+    export_window_percentile: Range = (97.0, 100.0)
+
+    @classmethod
+    def regime(cls, name: str) -> PhantomParams:
+        """The parameters of a named regime: ``"default"`` (training data, the ranges
+        above), ``"randomised"`` (domain randomisation) or ``"ood"`` (held out)."""
+        if name not in REGIMES:
+            raise ValueError(f"unknown phantom regime {name!r}; choose one of {sorted(REGIMES)}")
+        return dataclasses.replace(cls(), **REGIMES[name])
+
+
+# Named regimes: field overrides of PhantomParams(). Each value's reason is given here.
+REGIMES: dict[str, dict] = {
+    "default": {},
+    # Domain randomisation (issue 14 item 1): the literature's ranges and past them
+    # where practice varies between sites, cameras and viewers.
+    "randomised": dict(
+        fov_mm=(140.0, 250.0),  # camera zoom 1-1.6 on a ~250 mm view
+        pinhole_magnification=(1.0, 1.5),
+        pinhole_distortion=(0.0, 0.1),
+        pinhole_resolution_gradient=(0.0, 0.5),
+        pinhole_fwhm_mm=(3.0, 9.0),  # 2-6 mm apertures at 5-10 cm
+        parallel_fwhm_mm=(6.0, 14.0),  # high-resolution to general-purpose collimators
+        matrix_px=(64.0, 256.0),
+        total_counts=(5e4, 1e6),  # short low-dose scans to long high-count ones
+        scatter_weight=(0.05, 0.4),  # narrow vs wide energy windows, neck thickness
+        scatter_fwhm_mm=(20.0, 50.0),
+        thyroid_offset_mm=(-10.0, 25.0),  # positioning: chin up or down
+        shift_px=10.0,
+        isthmus_absent_prob=0.25,
+        pyramidal_prob=0.30,
+        salivary_scale=(0.7, 1.4),
+        oesophagus_prob=0.3,
+        cold_nodule_diameter_mm=(7.0, 35.0),  # scintigraphy's ~1 cm limit, and past it
+        cold_nodule_level=(0.0, 0.5),
+        marker_prob=0.6,
+        marker_level=(10.0, 150.0),
+        export_windowed_prob=0.5,
+    ),
+    # Out of distribution (issue 14 item 3): ranges outside both training regimes'.
+    # Strongly magnified pinhole views only (another collimator regime) with more
+    # distortion and off-axis blur, and fewer counts than any training image; raw counts.
+    "ood": dict(
+        fov_mm=(200.0, 250.0),
+        pinhole_prob=1.0,
+        pinhole_magnification=(1.7, 2.2),
+        pinhole_distortion=(0.12, 0.2),
+        pinhole_resolution_gradient=(0.6, 1.0),
+        preset_count_prob=1.0,
+        total_counts=(2e4, 4.5e4),
+    ),
+}
 
 DEFAULT_PARAMS = PhantomParams()

@@ -20,6 +20,16 @@ from jaxthyroid.phantom.layout import layout
 from jaxthyroid.phantom.params import DEFAULT_PARAMS, SIZES, PhantomParams
 
 Draws = sampling.Draws  # looked up at call time, so a test can wrap it
+_RANDOMISED = (
+    "magnification",
+    "distortion",
+    "resolution_gradient",
+    "matrix",
+    "windowed",
+    "inverted",
+    "window_percentile",
+    "oesophagus_level",
+)
 
 
 def _set_table():
@@ -34,8 +44,9 @@ def _check(size, params: PhantomParams):
 
 
 def _parameters(d: Draws, flags, params: PhantomParams) -> dict:
-    lay = layout(d, flags, params)
-    lay.update(imaging.acquisition(d, params))
+    acq = imaging.acquisition(d, params)
+    lay = layout(d, flags, params, magnification=acq.get("magnification"))
+    lay.update(acq)
     return lay
 
 
@@ -56,8 +67,9 @@ def render(key, finding_set_id, *, size=128, params=DEFAULT_PARAMS, return_aux=F
     Args:
       key: typed key (scalar).
       finding_set_id: int32 scalar, index into ``findings.DEFAULT.finding_sets``.
-    Returns float32 ``[size, size, 1]`` Poisson counts; with ``return_aux`` also a
-    dict: ``expected`` ``[size, size]`` noise-free counts, ``thyroid_support`` and
+    Returns float32 ``[size, size, 1]`` Poisson counts as exported (raw unless the
+    params export 8-bit windowed images); with ``return_aux`` also a dict:
+    ``counts`` ``[size, size, 1]`` raw counts, ``expected`` ``[size, size]`` noise-free counts, ``thyroid_support`` and
     ``nodule_mask`` ``[size, size]`` (pre-blur), ``thyroid_activity`` and ``activity``
     ``[size, size]``, ``layout`` (every sampled parameter, lengths in mm),
     ``mm_per_px``, ``activity_integral``, ``total`` (expected total counts).
@@ -66,10 +78,11 @@ def render(key, finding_set_id, *, size=128, params=DEFAULT_PARAMS, return_aux=F
     d, lay = draw(key, finding_set_id, params)
     activity, aux = anatomy.activity_map(d.key("texture"), lay, size, params)
     expected, counts_aux = imaging.expected_counts(activity, lay, lay["fov"], params)
-    image = imaging.poisson(d.key("poisson"), expected, params)[..., None]
+    counts = imaging.poisson(d.key("poisson"), expected, params)[..., None]
+    image = imaging.export(counts, lay)
     if not return_aux:
         return image
-    aux.update(counts_aux, activity=activity, expected=expected, layout=lay, mm_per_px=lay["fov"] / size)
+    aux.update(counts_aux, activity=activity, expected=expected, counts=counts, layout=lay, mm_per_px=lay["fov"] / size)
     return image, aux
 
 
@@ -81,7 +94,8 @@ def simulate(keys, finding_set_ids, *, size=128, params=DEFAULT_PARAMS) -> jax.A
       finding_set_ids: int32 ``[B]``, index into ``findings.DEFAULT.finding_sets``.
       size: 64, 128 or 256.
       params: :class:`PhantomParams`.
-    Returns float32 ``[B, size, size, 1]`` raw counts (non-negative integers).
+    Returns float32 ``[B, size, size, 1]`` counts as exported: raw counts
+    (non-negative integers) unless ``params`` export 8-bit windowed images (0-255).
     """
     # One jit entry with every static argument given explicitly: a default left out
     # and the same value passed in would otherwise compile twice.
@@ -149,7 +163,10 @@ def describe(keys, finding_set_ids, *, size=128, params=DEFAULT_PARAMS) -> dict:
       ``lobe_centre_px`` ``[B, 2, 2]``, ``mm_per_px`` ``[B]``,
       ``preset_count`` bool ``[B]`` (else preset time), ``counts`` ``[B]`` (the total
       in preset-count mode; the reference total in preset-time mode),
-      ``pinhole`` bool ``[B]``, ``psf_fwhm_px`` ``[B]``.
+      ``pinhole`` bool ``[B]``, ``psf_fwhm_px`` ``[B]``; where the params switch them
+      on, the randomisation draws (``magnification``, ``distortion``,
+      ``resolution_gradient``, ``matrix``, ``windowed``, ``inverted``,
+      ``window_percentile``, ``oesophagus_level``), ``[B]`` each.
     """
 
     def one(key, set_id):
@@ -170,6 +187,7 @@ def describe(keys, finding_set_ids, *, size=128, params=DEFAULT_PARAMS) -> dict:
             counts=lay["counts"],
             pinhole=lay["pinhole"],
             psf_fwhm_px=lay["psf_fwhm"] / mm,
+            **{k: lay[k] for k in _RANDOMISED if k in lay},
         )
 
     return jax.vmap(one)(keys, finding_set_ids)
