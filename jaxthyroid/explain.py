@@ -256,16 +256,16 @@ def phantom_lesions(finding: str, n: int, *, size: int, seed: int) -> tuple[np.n
         raise ExplainError(f"no lesion mask for {finding!r}: one of {', '.join(NODULE_FINDINGS + DIFFUSE_FINDINGS)}")
     set_id = findings_lib.DEFAULT.set_id((finding,))
     key_name = "nodule_mask" if finding in NODULE_FINDINGS else "thyroid_support"
-    counts, masks = _render_with_aux(phantom.example_keys(seed, np.arange(n)), set_id, size, key_name)
+    counts, masks = _render_with_aux(phantom.example_keys(seed, np.arange(n)), np.int32(set_id), size, key_name)
     images = transforms.normalize_counts(np.asarray(counts))
     masks = np.asarray(masks) > (0.5 if finding in NODULE_FINDINGS else 0.0)
     return images, masks
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
-def _render_with_aux(keys, set_id: int, size: int, key_name: str):
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def _render_with_aux(keys, set_id, size: int, key_name: str):
     """Phantom counts ``[n, size, size, 1]`` and the aux map ``key_name`` ``[n, size, size]``
-    (module level, so repeated calls reuse one compilation)."""
+    (module level and ``set_id`` traced, so hot and cold nodules share one compilation)."""
     from jaxthyroid import phantom
 
     def one(key):
