@@ -165,3 +165,15 @@ def calibration_report(
 def apply_temperature(probs, temperature: float) -> np.ndarray:
     """Probabilities ``[N, F]`` rescaled by a fitted temperature: ``sigmoid(logit(p) / T)``."""
     return sigmoid(logits_of(probs) / temperature)
+
+
+def calibrate_run(run_dir, *, which: str = "phase2") -> dict:
+    """:func:`calibration_report` of one phase of a finished cross-training run: the
+    temperature fitted on its validation split, ECE per finding on its test split."""
+    from jaxthyroid import cross_training
+
+    cfg, taxonomy, model, variables = cross_training.load_run(run_dir, which)
+    data = cross_training.load_data(cfg.data, seed=cfg.seed)
+    val = cross_training.predict_probs(model, variables, data.validation, cfg.data.eval_batch_size)
+    test = cross_training.predict_probs(model, variables, data.test, cfg.data.eval_batch_size)
+    return calibration_report(val["probs"], val["labels"], test["probs"], test["labels"], taxonomy.findings)

@@ -211,6 +211,8 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
         md.append(report.markdown_table(rows, ["finding", "recall", "precision", "specificity", "f1", "support"]))
         md.append("")
 
+    md.extend(_generalisation_section(per_seed, taxonomy, numbers))
+
     # -- Tab.3 ------------------------------------------------------------------------
     methods = list(method_evaluations(first))
     numbers["methods"] = {}
@@ -304,6 +306,86 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
     md.append("## What this shows\n")
     md.extend(_conclusions(cfg, numbers, int(full[0]["all"]["count"]), int(full[0]["cross"]["count"])))
     return "\n".join(md) + "\n", numbers
+
+
+def _generalisation_section(per_seed: Sequence[dict], taxonomy, numbers: dict) -> list[str]:
+    """Calibration of the final model (the ``generalisation`` stage); fills
+    ``numbers['calibration']``: ``{finding: {ece_before, ece_after}, 'temperature'}``,
+    each a list over seeds. Nothing for a run made before the stage existed."""
+    if any("generalisation" not in r for r in per_seed):
+        return []
+    cals = [r["generalisation"]["calibration"] for r in per_seed]
+    numbers["calibration"] = {"temperature": [c["temperature"] for c in cals], "bins": cals[0]["bins"]}
+    rows = []
+    for f in taxonomy.findings:
+        before = [c["per_finding"][f]["ece_before"] for c in cals]
+        after = [c["per_finding"][f]["ece_after"] for c in cals]
+        floor = [c["per_finding"][f]["noise_floor"] for c in cals]
+        numbers["calibration"][f] = {"ece_before": before, "ece_after": after, "noise_floor": floor}
+        rows.append({"finding": f, "ECE before": _fmt(before), "ECE after": _fmt(after), "noise floor": _fmt(floor)})
+    md = ["## Calibration (final model)\n"]
+    md.append(
+        f"Expected calibration error of each finding's probability on the test split ({cals[0]['bins']} "
+        "equal-width bins), before and after temperature scaling; one temperature T for all findings, "
+        f"fitted on the validation split by minimising its cross-entropy: T = {_fmt(numbers['calibration']['temperature'])} "
+        "(T > 1: the model was over-confident; T < 1: under-confident). Noise floor: one binomial standard deviation of the ECE a "
+        "calibrated model would show on this many images. The decisions in the other tables use the unscaled "
+        "probabilities.\n"
+    )
+    md.append(report.markdown_table(rows, ["finding", "ECE before", "ECE after", "noise floor"]))
+    md.append("")
+    md.extend(_ood_section(per_seed, taxonomy, numbers))
+    return md
+
+
+def _ood_section(per_seed: Sequence[dict], taxonomy, numbers: dict) -> list[str]:
+    """The final model on its test split and on the held-out phantom regime; fills
+    ``numbers['ood']`` (lists over seeds). Nothing when a seed has no OOD result."""
+    if any("ood" not in r["generalisation"] for r in per_seed):
+        return []
+    oods = [r["generalisation"]["ood"] for r in per_seed]
+    numbers["ood"] = {}
+    rows = []
+
+    def row(label, get):
+        ind = [get(o["in_distribution"]) for o in oods]
+        out = [get(o["ood"]) for o in oods]
+        numbers["ood"][label] = {"in_distribution": ind, "ood": out}
+        rows.append(
+            {
+                "": label,
+                "in-distribution": _fmt(ind),
+                "out-of-distribution": _fmt(out),
+                "difference": _fmt([b - a for a, b in zip(ind, out)]),
+            }
+        )
+
+    row("exact match, single-feature", lambda s: s["exact_match"]["single"])
+    row("exact match, cross-feature", lambda s: s["exact_match"]["cross"])
+    row("exact match, all", lambda s: s["exact_match"]["all"])
+    row("ECE, macro over findings", lambda s: s["ece_macro"])
+    for f in taxonomy.findings:
+        row(f"ECE, {f}", lambda s, f=f: s["ece"][f])
+    for s_id in range(taxonomy.num_sets):
+        name = taxonomy.folder_name(s_id)
+        if all(name in o["in_distribution"]["per_set"] and name in o["ood"]["per_set"] for o in oods):
+            row(f"exact match, {name}", lambda s, name=name: s["per_set"][name]["exact_match"])
+    counts = oods[0]["ood"]["count"]
+    md = ["## In-distribution vs out-of-distribution (final model)\n"]
+    md.append(
+        "The final model on its test split and on the same number of images of the phantom's held-out "
+        f"`ood` regime ({counts['single']} single- and {counts['cross']} cross-feature images; parameter ranges "
+        "outside the training ranges, `jaxthyroid.phantom.params.REGIMES['ood']`), both through the same "
+        f"preprocessing; exact match under the `{oods[0]['decision']}` rule, ECE with "
+        f"{calibration_bins(per_seed)} equal-width bins, before temperature scaling.\n"
+    )
+    md.append(report.markdown_table(rows, ["", "in-distribution", "out-of-distribution", "difference"]))
+    md.append("")
+    return md
+
+
+def calibration_bins(per_seed: Sequence[dict]) -> int:
+    return int(per_seed[0]["generalisation"]["calibration"]["bins"])
 
 
 # Arms whose training sets hold GAN images (named as in the tables above).
@@ -488,6 +570,31 @@ def _conclusions(cfg, numbers: dict, n_test: int, n_cross: int) -> list[str]:
     return lines
 
 
+def localisation_section(loc: dict) -> str:
+    """Markdown: how well the final model's heat maps point at the phantom's lesions
+    (:func:`jaxthyroid.explain.localisation_report`), beside a random map of each grid."""
+    from jaxthyroid import explain
+
+    rows = explain.localisation_table(loc)
+    return "\n".join(
+        [
+            "",
+            "## Localisation: heat maps against the phantom's lesion masks",
+            "",
+            f"Final model (seed 0, {loc['which']}), {loc['images']} fresh phantom images per finding with that "
+            f"finding alone (phantom seed {loc['seed']}; none is a training image). Pointing game: the map's "
+            "maximum lies inside the lesion mask (Wilson 95 % interval); IoU: the map at >= "
+            f"{loc['threshold']:g} x its maximum against the mask. Random map: uniform noise on the same grid, "
+            "upsampled the same way (its pointing-game rate is about the mask's share of the image). 'above "
+            "random': the interval's lower end exceeds the random map's rate. `detected`: share of these images "
+            "where the finding's probability is >= 0.5.",
+            "",
+            report.markdown_table(rows, list(rows[0]), precision=3) if rows else "(no maps)",
+            "",
+        ]
+    )
+
+
 def write(out: pathlib.Path, cfg, per_seed: Sequence[dict], *, elapsed_s: float) -> pathlib.Path:
     """Writes ``out/report.md``, ``out/report.json`` and copies the figures of seed 0."""
     out = pathlib.Path(out)
@@ -502,6 +609,9 @@ def write(out: pathlib.Path, cfg, per_seed: Sequence[dict], *, elapsed_s: float)
         if src.exists():
             shutil.copyfile(src, out / name)
     markdown, numbers = build(cfg, per_seed)
+    if per_seed[0].get("localisation"):
+        numbers["localisation"] = per_seed[0]["localisation"]
+        markdown += localisation_section(per_seed[0]["localisation"])
     stage_seconds = {}
     for marker in sorted(out.glob("seed*/*/result.json")):
         seconds = json.loads(marker.read_text()).get("elapsed_s", 0.0)

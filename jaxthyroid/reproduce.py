@@ -6,6 +6,13 @@ Stages, each in its own directory under ``OUT/seed<k>/`` (``OUT/report.*`` at th
   gan         conditional DCGAN, then SRResNet/SRGAN (PSNR/SSIM against bicubic)
   synthetic   N generated images per finding set, super-resolved to the training size
   classifier  two-phase cross-training with GAN augmentation (+ the plain control)
+  generalisation  the final model's calibration (temperature fitted on validation, ECE
+              per finding on the test split before and after: jaxthyroid.calibration)
+              and, where the phantom has its "ood" regime, its test split against an
+              out-of-distribution split of the same size built in the data stage
+              (jaxthyroid.ood)
+  localisation  Grad-CAM of the final model against the phantom's hot- and cold-nodule
+              masks (pointing game, IoU) beside a random map (jaxthyroid.explain)
   ablations   ``cfg.ablations``: without GAN augmentation (always: its model, trained on
               real images only, is the GAN's judge), without the cross term, without
               two phases
@@ -39,7 +46,17 @@ import numpy as np
 from jaxthyroid import config as config_lib
 from jaxthyroid import report
 
-STAGES = ("data", "gan", "synthetic", "classifier", "ablations", "baselines", "scarcity")
+STAGES = (
+    "data",
+    "gan",
+    "synthetic",
+    "classifier",
+    "generalisation",
+    "localisation",
+    "ablations",
+    "baselines",
+    "scarcity",
+)
 
 
 # ----------------------------------------------------------------------------- stage runner
@@ -235,7 +252,14 @@ def _stage_data(cfg, seed):
             cross_fraction=d.cross_fraction,
             seed=seed,
         )
-        return {"dataset_dir": path}
+        result = {"dataset_dir": path}
+        from jaxthyroid import ood
+
+        if ood.regime_available():  # the held-out phantom regime, the test split's size
+            result["ood"] = ood.build_split(
+                directory / "ood_test.npz", n=d.n_test, size=d.size, cross_fraction=d.cross_fraction, seed=seed
+            )
+        return result
 
     return stage
 
@@ -305,6 +329,29 @@ def _stage_classifier(cfg, seed, synthetic_dir):
             full[key]["plain"] = plain[key]["plain"]
         full["plain_workdir"] = plain["workdir"]
         return full
+
+    return stage
+
+
+def _stage_generalisation(run_dir, data: dict):
+    def stage(directory):
+        from jaxthyroid import calibration, ood
+
+        result = {"calibration": calibration.calibrate_run(run_dir, which="phase2")}
+        if "ood" in data:  # a data stage run before the OOD regime existed has none
+            result["ood"] = ood.compare(run_dir, data["ood"]["path"], which="phase2")
+        return result
+
+    return stage
+
+
+def _stage_localisation(run_dir):
+    def stage(directory):
+        from jaxthyroid import explain
+
+        # Grad-CAM of the final model on fresh hot- and cold-nodule phantom images,
+        # each map beside a random map of its grid (pointing game, IoU).
+        return explain.localisation_report(run_dir, which="phase2", findings=explain.NODULE_FINDINGS)
 
     return stage
 
@@ -392,11 +439,14 @@ def run_seed(cfg, root: pathlib.Path, seed: int, force: Sequence[str], label: st
     gan = stage("gan", _stage_gan(cfg, seed, data["dataset_dir"]))
     synthetic = stage("synthetic", _stage_synthetic(cfg, seed, root / "gan"))
     sdir = synthetic["dataset_dir"]
+    classifier = stage("classifier", _stage_classifier(cfg, seed, sdir))
     return {
         "data": data,
         "gan": gan,
         "synthetic": synthetic,
-        "classifier": stage("classifier", _stage_classifier(cfg, seed, sdir)),
+        "classifier": classifier,
+        "generalisation": stage("generalisation", _stage_generalisation(classifier["workdir"], data)),
+        "localisation": stage("localisation", _stage_localisation(classifier["workdir"])),
         "ablations": stage("ablations", _stage_ablations(cfg, seed, sdir)),
         "baselines": stage("baselines", _stage_baselines(cfg, seed, sdir)),
         "scarcity": stage("scarcity", _stage_scarcity(cfg, seed, sdir)),

@@ -80,3 +80,24 @@ def test_saturated_probabilities_stay_finite():
     p = np.array([[0.0, 1.0, 0.5]])
     z = calibration.logits_of(p)
     assert np.isfinite(z).all() and z[0, 0] < -20 and z[0, 1] > 20 and z[0, 2] == 0.0
+
+
+def test_report_section_holds_the_numbers_of_report_json():
+    from jaxthyroid import paper_report
+
+    rng = np.random.default_rng(4)
+    names = findings.DEFAULT.findings
+    per_seed = []
+    for _ in range(2):
+        p = rng.uniform(size=(300, len(names)))
+        y = (rng.uniform(size=p.shape) < p**0.5).astype(np.float64)
+        per_seed.append({"generalisation": {"calibration": calibration.calibration_report(p, y, p, y, names)}})
+    numbers = {}
+    md = "\n".join(paper_report._generalisation_section(per_seed, findings.DEFAULT, numbers))
+    assert "## Calibration (final model)" in md
+    assert len(numbers["calibration"]["temperature"]) == 2
+    for f in names:
+        row = next(line for line in md.splitlines() if line.startswith(f"| {f} "))
+        mean = np.mean(numbers["calibration"][f]["ece_before"])
+        assert f"{mean:.3f}" in row
+    assert paper_report._generalisation_section([{}], findings.DEFAULT, {}) == []  # a run made before the stage
