@@ -62,7 +62,9 @@ def _cmd_data_build(args) -> None:
         if args.quick:
             sizes = {k: (v if getattr(args, k) is not None else QUICK_SIZES[k]) for k, v in sizes.items()}
         sizes = {k: v for k, v in sizes.items() if v is not None}
-        info = phantom_builder.build_phantom(args.data_dir, cross_fraction=args.cross_fraction, seed=args.seed, **sizes)
+        info = phantom_builder.build_phantom(
+            args.data_dir, cross_fraction=args.cross_fraction, seed=args.seed, domain=args.domain, **sizes
+        )
         print(f"phantom data set ready: {info}")
     else:
         if not args.root:
@@ -290,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help=f"phantom at quick size {QUICK_SIZES}")
     b.add_argument("--cross-fraction", type=float, default=0.25)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument(
+        "--domain",
+        default="default",
+        choices=("default", "randomised", "ood"),
+        help="phantom: the regime (docs/phantom.md); e.g. --domain ood --n-train 0 --n-val 0 for a held-out test split",
+    )
     b.add_argument("--name", default=None, help="folder: data set name (default: the folder's name)")
     b.add_argument(
         "--taxonomy-from-folders",

@@ -239,3 +239,21 @@ def test_ood_images_have_counts_below_every_training_range():
     assert info["pinhole"].all() and info["preset_count"].all()
     assert np.all(info["magnification"] >= OOD.pinhole_magnification[0])
     assert np.all(info["counts"] <= OOD.total_counts[1]) and np.all(info["counts"] >= OOD.total_counts[0])
+
+
+def test_data_build_phantom_writes_a_held_out_test_split(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from jaxthyroid.data import phantom_builder, phantom_splits
+
+    settings = dict(size=SIZE, n_train=0, n_val=0, n_test=4, seed=5, cross_fraction=0.25)
+    path = phantom_builder.build_phantom(tmp_path, domain="ood", **settings)
+    assert "_ood" in path and path == phantom_builder.phantom_dir(tmp_path, domain="ood", **settings)
+    assert phantom_splits.config_name(SIZE, 0.25, 0, 0, 4, 5) + "_ood" in path  # the default name, suffixed
+    source = phantom_builder.phantom_source(tmp_path, "test", domain="ood", **settings)
+    assert len(source) == 4
+    ids = phantom_splits.split_finding_set_ids(5, "test", 4, 0.25)
+    keys = phantom.example_keys(phantom_splits.split_seed(5, "test"), np.arange(4))
+    expected = np.asarray(phantom.simulate(keys, ids, size=SIZE, params=OOD))
+    stored = np.stack([np.asarray(source[i]["image"], np.float32).reshape(SIZE, SIZE, 1) for i in range(4)])
+    np.testing.assert_array_equal(stored, expected)
+    assert stored.sum(axis=(1, 2, 3)).max() < OOD.total_counts[1] * 1.05

@@ -135,12 +135,14 @@ def phantom_dir(data_dir, **settings) -> str:
     return os.path.join(os.fspath(data_dir), PHANTOM_NAME, name)
 
 
-def build_phantom_arrays(data_dir, *, size, n_train, n_val, n_test, cross_fraction, seed) -> str:
+def build_phantom_arrays(data_dir, *, size, n_train, n_val, n_test, cross_fraction, seed, domain="default") -> str:
     """The phantom data set (the examples the TFDS builder writes) as an array data set
     under ``<data_dir>/thyroid_spect_phantom_arrays/<config>/``; a complete one is reused."""
     from jaxthyroid.data import phantom_splits
 
-    settings = dict(size=size, n_train=n_train, n_val=n_val, n_test=n_test, cross_fraction=cross_fraction, seed=seed)
+    settings = dict(
+        size=size, n_train=n_train, n_val=n_val, n_test=n_test, cross_fraction=cross_fraction, seed=seed, domain=domain
+    )
     final = phantom_dir(data_dir, **settings)
     if is_array_dataset(final):
         return final
@@ -148,7 +150,9 @@ def build_phantom_arrays(data_dir, *, size, n_train, n_val, n_test, cross_fracti
     splits = {}
     for split, n in (("train", n_train), ("validation", n_val), ("test", n_test)):
         if n > 0:
-            counts, ids = phantom_splits.simulate_split(seed, split, n, size=size, cross_fraction=cross_fraction)
+            counts, ids = phantom_splits.simulate_split(
+                seed, split, n, size=size, cross_fraction=cross_fraction, domain=domain
+            )
             splits[split] = records_of(
                 counts, ids, taxonomy, origin=lambda i, s=split: f"phantom/{s}/{i}", synthetic=False
             )

@@ -47,6 +47,7 @@ class PhantomConfig(tfds.core.BuilderConfig):
     n_val: int = 600
     n_test: int = 600
     seed: int = 0
+    domain: str = "default"  # phantom regime: PhantomParams.regime(domain) (docs/phantom.md)
 
 
 class ThyroidSpectPhantom(features_lib.QuietPrepare, tfds.core.GeneratorBasedBuilder):
@@ -97,7 +98,7 @@ class ThyroidSpectPhantom(features_lib.QuietPrepare, tfds.core.GeneratorBasedBui
                 # A fixed batch shape (the last one padded) compiles the simulator once.
                 idx = np.arange(start, start + GENERATE_BATCH)
                 batch_ids = ids[np.minimum(idx, n - 1)]
-                images = simulate_examples(cfg.seed, split, idx, batch_ids, cfg.size)
+                images = simulate_examples(cfg.seed, split, idx, batch_ids, cfg.size, cfg.domain)
                 for j, i in enumerate(idx[idx < n]):
                     yield (
                         int(i),
@@ -106,9 +107,11 @@ class ThyroidSpectPhantom(features_lib.QuietPrepare, tfds.core.GeneratorBasedBui
                 bar.update(int((idx < n).sum()))
 
 
-def phantom_dir(data_dir, *, size=128, n_train=2400, n_val=600, n_test=600, cross_fraction=0.25, seed=0) -> str:
+def phantom_dir(
+    data_dir, *, size=128, n_train=2400, n_val=600, n_test=600, cross_fraction=0.25, seed=0, domain="default"
+) -> str:
     """The versioned folder a phantom data set with these settings lives in."""
-    name = config_name(size, cross_fraction, n_train, n_val, n_test, seed)
+    name = config_name(size, cross_fraction, n_train, n_val, n_test, seed, domain)
     return os.path.join(os.fspath(data_dir), NAME, name, str(ThyroidSpectPhantom.VERSION))
 
 
@@ -121,18 +124,25 @@ def build_phantom(
     n_test: int = 600,
     cross_fraction: float = 0.25,
     seed: int = 0,
+    domain: str = "default",
 ) -> str:
     """Writes the phantom data set (once; a complete one is reused) -> its folder.
+
+    ``domain`` names the phantom regime (``PhantomParams.regime``): ``"default"``,
+    ``"randomised"`` or the held-out ``"ood"`` (e.g. a test split only: ``n_train=0,
+    n_val=0``).
 
     Layout: ``<data_dir>/thyroid_spect_phantom/<config>/<VERSION>/`` with one
     array_record file per split, ``dataset_info.json`` and ``taxonomy.json``. A build
     that fails leaves no folder there (TFDS builds in ``incomplete.*`` and renames).
     A complete folder is returned as it is, without making a TFDS builder.
     """
-    settings = dict(size=size, n_train=n_train, n_val=n_val, n_test=n_test, cross_fraction=cross_fraction, seed=seed)
+    settings = dict(
+        size=size, n_train=n_train, n_val=n_val, n_test=n_test, cross_fraction=cross_fraction, seed=seed, domain=domain
+    )
     if features_lib.is_built(phantom_dir(data_dir, **settings)):
         return phantom_dir(data_dir, **settings)
-    name = config_name(size, cross_fraction, n_train, n_val, n_test, seed)
+    name = config_name(size, cross_fraction, n_train, n_val, n_test, seed, domain)
     if name in ThyroidSpectPhantom.builder_configs:
         config = name
     else:
@@ -144,6 +154,7 @@ def build_phantom(
             n_val=n_val,
             n_test=n_test,
             seed=seed,
+            domain=domain,
         )
     with features_lib.builder_with_own_config():
         builder = ThyroidSpectPhantom(data_dir=os.fspath(data_dir), config=config, file_format="array_record")
