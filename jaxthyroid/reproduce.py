@@ -240,10 +240,10 @@ def _summary(ev: dict) -> dict:
 # ----------------------------------------------------------------------------- stages
 def _stage_data(cfg, seed):
     def stage(directory):
-        from jaxthyroid.data import arrays  # TFDS where installed, else NumPy files
+        from jaxthyroid.data import build  # TFDS where installed, else NumPy files
 
         d = cfg.classifier.data
-        path = arrays.build_phantom_dataset(
+        path = build.build_phantom_dataset(
             d.data_dir,
             size=d.size,
             n_train=d.n_train,
@@ -290,7 +290,7 @@ def _stage_gan(cfg, seed, data_dir):
 
 def _stage_synthetic(cfg, seed, gan_dir):
     def stage(directory):
-        from jaxthyroid.data import arrays  # TFDS where installed, else NumPy files
+        from jaxthyroid.data import build  # TFDS where installed, else NumPy files
         from jaxthyroid.gan import generate
 
         images, ids = generate.generate(
@@ -301,7 +301,7 @@ def _stage_synthetic(cfg, seed, gan_dir):
             seed=seed,
             samples_path=directory / "samples.png",
         )
-        path = arrays.build_synthetic_dataset(directory / "tfds", "synthetic", images, ids, input_range="unit")
+        path = build.build_synthetic_dataset(directory / "tfds", "synthetic", images, ids, input_range="unit")
         return {"dataset_dir": path, "count": int(len(ids)), "samples": str(directory / "samples.png")}
 
     return stage

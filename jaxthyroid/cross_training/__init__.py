@@ -34,9 +34,11 @@ This package only composes; it holds no model, step or data code of its own:
 
   data        the configured data set's splits as sources (``Data``, ``load_data``)
   phases      a phase's model, optimiser, budget, rounds and initial weights
+              (``model.init_from``: a backbone from ``jaxthyroid weights import``)
   training    one phase's training run (``train_phase``)
   evaluation  validation metrics, predictions, the test-split report, the summary table
   schedule    phase 1, graft, phase 2 and the control (``run``, ``validate``, ``budgets``)
+  kfold       ``folds = K``: one run per fold under ``WORKDIR/fold_<k>``, ``kfold.json``
   run_dir     config.json, and a finished run read back (``load_run``, ``evaluate_run``,
               ``predict_files``)
 

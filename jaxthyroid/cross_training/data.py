@@ -50,12 +50,12 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0, folds: int 
     from jaxthyroid.data import features, sources  # lazy: TFDS only when a TFDS data set is read
 
     if data_cfg.source == "phantom":
-        from jaxthyroid.data import arrays
+        from jaxthyroid.data import build
 
         # Process 0 builds it (TFDS, or NumPy files where TFDS is not installed); the
         # others then open the finished one (no two writers).
         dataset_dir = parallel.primary_first(
-            lambda: arrays.build_phantom_dataset(
+            lambda: build.build_phantom_dataset(
                 data_cfg.data_dir,
                 size=data_cfg.size,
                 n_train=data_cfg.n_train,

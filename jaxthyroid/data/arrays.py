@@ -159,16 +159,6 @@ def build_phantom_arrays(data_dir, *, size, n_train, n_val, n_test, cross_fracti
     return write_dataset(final, splits, taxonomy)
 
 
-def build_phantom_dataset(data_dir, **settings) -> str:
-    """The phantom data set's folder: built with TFDS where it is installed, else as an
-    array data set (:func:`build_phantom_arrays`; the same images)."""
-    if tfds_available():
-        from jaxthyroid.data import phantom_builder
-
-        return phantom_builder.build_phantom(data_dir, **settings)
-    return build_phantom_arrays(data_dir, **settings)
-
-
 # ----------------------------------------------------------------------------- generated images
 def to_counts(images: np.ndarray, *, input_range: str = "auto", peak_counts: float = DEFAULT_PEAK_COUNTS) -> np.ndarray:
     """Generated images ``[N, H, W, 1]`` -> stored uint16 counts ``[N, H, W, 1]``.
@@ -243,13 +233,3 @@ def build_synthetic_arrays(
     check_generated(counts, ids, taxonomy)
     records = records_of(counts, ids, taxonomy, origin=lambda i: f"{origin}/{i}", synthetic=True)
     return write_dataset(os.path.join(os.fspath(data_dir), SYNTHETIC_NAME, name), {"train": records}, taxonomy)
-
-
-def build_synthetic_dataset(data_dir, name: str, images, finding_set_ids, **kwargs) -> str:
-    """Generated images as a data set: TFDS's ``thyroid_synthetic`` where TFDS is
-    installed (replacing one of that name), else an array data set."""
-    if tfds_available():
-        from jaxthyroid.data import synthetic_builder
-
-        return synthetic_builder.build_synthetic(data_dir, name, images, finding_set_ids, overwrite=True, **kwargs)
-    return build_synthetic_arrays(data_dir, name, images, finding_set_ids, **kwargs)
