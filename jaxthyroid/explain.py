@@ -84,40 +84,59 @@ def normalise_maps(maps: jax.Array) -> jax.Array:
 def make_gradcam(model: nn.Module, block: str):
     """Jitted ``(variables, images [B, H, W, C]) -> (maps [B, F, H, W] in [0, 1], logits [B, F])``
     of Grad-CAM on the output of module ``block`` (e.g. :func:`last_block`)."""
-
-    def captured(module, method_name):
-        return method_name == "__call__" and module.name == block and module.path == (block,)
+    fn = _gradcam_fn(model, (block,))
 
     def gradcam(variables, images):
-        def forward(delta):
+        (maps,), logits = fn(variables, images)
+        return maps, logits
+
+    return xla_options.jit(gradcam)
+
+
+def make_gradcam_blocks(model: nn.Module, blocks: Sequence[str]):
+    """Jitted ``(variables, images) -> ((maps [B, F, H, W] per block), logits [B, F])``:
+    Grad-CAM on several blocks from one forward and one backward pass per finding."""
+    return xla_options.jit(_gradcam_fn(model, tuple(blocks)))
+
+
+def _gradcam_fn(model: nn.Module, blocks: tuple[str, ...]):
+    paths = {(b,) for b in blocks}
+
+    def captured(module, method_name):
+        return method_name == "__call__" and module.path in paths
+
+    def gradcam(variables, images):
+        def forward(deltas):
             def add_delta(next_fun, args, kwargs, context):
                 out = next_fun(*args, **kwargs)
-                if context.method_name == "__call__" and context.module.path == (block,):
-                    out = out + delta.astype(out.dtype)
+                if context.method_name == "__call__" and context.module.path in paths:
+                    out = out + deltas[context.module.path[0]].astype(out.dtype)
                 return out
 
             with nn.intercept_methods(add_delta):
                 logits, state = model.apply(
                     variables, images, train=False, capture_intermediates=captured, mutable=["intermediates"]
                 )
-            (activation,) = state["intermediates"][block]["__call__"]
-            return logits.astype(jnp.float32), activation.astype(jnp.float32)
+            activations = {b: state["intermediates"][b]["__call__"][0].astype(jnp.float32) for b in blocks}
+            return logits.astype(jnp.float32), activations
 
-        shapes = jax.eval_shape(forward, jnp.zeros((), jnp.float32))
-        delta = jnp.zeros(shapes[1].shape, jnp.float32)
-        logits, vjp, activation = jax.vjp(forward, delta, has_aux=True)
+        shapes = jax.eval_shape(forward, {b: jnp.zeros((), jnp.float32) for b in blocks})[1]
+        deltas = {b: jnp.zeros(shapes[b].shape, jnp.float32) for b in blocks}
+        logits, vjp, activations = jax.vjp(forward, deltas, has_aux=True)
         num_findings = logits.shape[-1]
         # Row f of eye(F) for every image: image b's logit f depends on image b only
         # (BatchNorm uses running statistics), so one pass gives every image's gradient.
         cotangents = jnp.broadcast_to(jnp.eye(num_findings)[:, None, :], (num_findings, *logits.shape))
-        (grads,) = jax.vmap(vjp)(cotangents)  # [F, B, h, w, C]
-        weights = grads.mean(axis=(2, 3))  # alpha: [F, B, C]
-        cams = jax.nn.relu(jnp.einsum("fbc,bhwc->bfhw", weights, activation))
+        (grads,) = jax.vmap(vjp)(cotangents)  # {block: [F, B, h, w, C]}
         b, h, w = images.shape[:3]
-        cams = jax.image.resize(cams, (b, num_findings, h, w), "bilinear")
-        return normalise_maps(cams), logits
+        maps = []
+        for block in blocks:
+            weights = grads[block].mean(axis=(2, 3))  # alpha: [F, B, C]
+            cams = jax.nn.relu(jnp.einsum("fbc,bhwc->bfhw", weights, activations[block]))
+            maps.append(normalise_maps(jax.image.resize(cams, (b, num_findings, h, w), "bilinear")))
+        return tuple(maps), logits
 
-    return xla_options.jit(gradcam)
+    return gradcam
 
 
 def gradcam(model: nn.Module, variables, images, *, block: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -327,19 +346,24 @@ def localisation_report(
     cfg, taxonomy, model, variables = cross_training.load_run(run_dir, which)
     size = int(cfg.data.size)
     seed = int(cfg.seed) + LOCALISATION_SEED_OFFSET if seed is None else seed
-    maps_of = {}  # name -> (images [N, H, W, 1] -> (maps [N, F, H, W], logits [N, F]))
     out = {"which": which, "seed": seed, "threshold": threshold, "images": n_images, "maps": {}}
     if method == "gradcam":
-        for block in blocks or default_blocks(variables):
-            block = _check_block(variables, block)
-            fn = make_gradcam(model, block)
-            maps_of[f"gradcam/{block}"] = lambda x, fn=fn: _batched(fn, variables, x, batch_size)
+        blocks = [_check_block(variables, b) for b in (blocks or default_blocks(variables))]
+        fn = make_gradcam_blocks(model, blocks)  # every block from one backward pass
+        for block in blocks:
             grid = _gradcam_grid(model, variables, block=block, size=size)
             out["maps"][f"gradcam/{block}"] = {"method": "gradcam", "block": block, "grid": grid}
+
+        def maps_of(images):  # -> {name: maps [N, F, H, W]}, logits [N, F]
+            maps, logits = _batched(fn, variables, images, batch_size)
+            return dict(zip(out["maps"], maps)), logits
     elif method == "occlusion":
         patch, stride = occlusion_geometry(size)
-        maps_of["occlusion"] = lambda x: occlusion(model, variables, x, batch_size=max(batch_size, 64))
         out["maps"]["occlusion"] = {"method": "occlusion", "grid": len(range(0, size - patch + 1, stride))}
+
+        def maps_of(images):
+            maps, logits = occlusion(model, variables, images, batch_size=max(batch_size, 64))
+            return {"occlusion": maps}, logits
     else:
         raise ExplainError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     for k, finding in enumerate(findings):
@@ -347,14 +371,13 @@ def localisation_report(
             raise ExplainError(f"the run's findings ({', '.join(taxonomy.findings)}) do not include {finding!r}")
         f = taxonomy.findings.index(finding)
         images, masks = phantom_lesions(finding, n_images, size=size, seed=seed + k)
-        row = {"mask_fraction": float(masks.mean())}
-        for name, fn in maps_of.items():
-            maps, logits = fn(images)
-            row.setdefault("detected", float((jax.nn.sigmoid(logits[:, f]) >= 0.5).mean()))
-            scores = localisation_scores(maps[:, f], masks, threshold=threshold)
+        maps, logits = maps_of(images)
+        row = {"mask_fraction": float(masks.mean()), "detected": float((jax.nn.sigmoid(logits[:, f]) >= 0.5).mean())}
+        for name, info in out["maps"].items():
+            scores = localisation_scores(maps[name][:, f], masks, threshold=threshold)
             hits = int(round(scores["pointing_game"] * n_images))
             scores["pointing_game_interval"] = list(wilson_interval(hits, n_images))
-            baseline = random_maps(seed + 1000 + k, n_images, size, out["maps"][name]["grid"])
+            baseline = random_maps(seed + 1000 + k, n_images, size, info["grid"])
             scores["random"] = localisation_scores(baseline, masks, threshold=threshold)
             row[name] = scores
         out[finding] = row

@@ -53,6 +53,15 @@ def test_gradcam_of_an_earlier_block_and_a_clear_error_for_an_unknown_one():
     x = np.random.default_rng(1).uniform(size=(2, SIZE, SIZE, 1)).astype(np.float32)
     maps, _ = explain.heat_maps("gradcam", model, variables, x, block="stage1_block1")
     assert maps.shape == (2, 6, SIZE, SIZE) and maps.max() > 0
+    # Both blocks from one backward pass: each map is its single-block map (the zero
+    # deltas change no value; the same sums, possibly fused in another order).
+    (late, early), logits = explain.make_gradcam_blocks(model, ("stage2_block1", "stage1_block1"))(variables, x)
+    late_alone, _ = explain.make_gradcam(model, "stage2_block1")(variables, x)
+    # The gradient reaches stage 1 through stage 2's 3×3 convolutions (9 x C terms each).
+    channels = variables["params"]["head"]["kernel"].shape[0]
+    tol = fp_tolerance(reduction_size=9 * channels, depth=3)
+    np.testing.assert_allclose(early, maps, **tol)
+    np.testing.assert_allclose(late, late_alone, **tol)
     with pytest.raises(explain.ExplainError, match="stage1_block1"):
         explain.heat_maps("gradcam", model, variables, x, block="stage9_block1")
     with pytest.raises(explain.ExplainError, match="occlusion"):
@@ -183,3 +192,31 @@ def test_localisation_report_beside_the_random_baseline(run_dir):
     assert len(rows) == 4 and {r["map"] for r in rows} == set(report["maps"])
     with pytest.raises(explain.ExplainError, match="no lesion mask"):
         explain.localisation_report(run_dir, n_images=2, findings=("normal",))
+
+
+def test_localisation_section_of_the_report():
+    """The report's table: one row per finding and map, 'above random' from the interval."""
+    from jaxthyroid import paper_report
+
+    def scores(pg, low, high, random_pg):
+        return {
+            "pointing_game": pg,
+            "pointing_game_interval": [low, high],
+            "iou": 0.1,
+            "random": {"pointing_game": random_pg, "iou": 0.02},
+        }
+
+    loc = {
+        "which": "phase2",
+        "seed": 7919,
+        "threshold": 0.5,
+        "images": 64,
+        "maps": {"gradcam/stage4_block2": {"method": "gradcam", "block": "stage4_block2", "grid": 2}},
+        "hot_nodule": {"mask_fraction": 0.02, "detected": 1.0, "gradcam/stage4_block2": scores(0.5, 0.38, 0.62, 0.03)},
+        "cold_nodule": {"mask_fraction": 0.01, "detected": 0.7, "gradcam/stage4_block2": scores(0.02, 0.0, 0.08, 0.02)},
+    }
+    md = paper_report.localisation_section(loc)
+    rows = [line for line in md.splitlines() if line.startswith("| hot_nodule") or line.startswith("| cold_nodule")]
+    assert len(rows) == 2 and "2×2" in rows[0]
+    assert "| yes |" in rows[0] and "| no |" in rows[1]
+    assert "## Localisation" in md and "7919" in md
