@@ -258,13 +258,22 @@ def _source_of_splits(dataset_dir: str, split: str):
     return sources.ConcatSource([features.load_source(dataset_dir, s) for s in names])
 
 
+def _may_hold_training_images(run_cfg, dataset_dir: str) -> bool:
+    """Whether ``dataset_dir`` is the run's own data set, or a phantom set beside it
+    (under the run's ``data.data_dir``): its train split may then be the run's."""
+    path = os.path.realpath(dataset_dir)
+    if run_cfg.data.source == "folder":
+        return path == os.path.realpath(run_cfg.data.dataset_dir)
+    return path.startswith(os.path.realpath(run_cfg.data.data_dir) + os.sep)
+
+
 def open_dataset(run_cfg, data: str | None, *, split: str | None = None, overrides: Sequence[str] = ()):
     """``(source, taxonomy, description)`` of the images to score.
 
     ``data``: None (the run's own data set), a built data set folder, or a config file
     or name whose ``data`` section names one (``overrides`` apply to it). ``split``
-    None: ``test`` for the run's own data set and for a phantom config (its other
-    splits may be the run's training images when its seed is the run's), every image
+    None: ``test`` for the run's own data set, a phantom set in the run's data folder
+    and a config (their other splits may be the run's training images), every image
     (``all``) for another built data set.
     """
     from jaxthyroid import cross_training
@@ -285,8 +294,7 @@ def open_dataset(run_cfg, data: str | None, *, split: str | None = None, overrid
                 else "give the folder `jaxthyroid data build folder` printed"
             )
             raise ExternalDataError(f"{data} is not a built data set (no dataset_info.json); {hint}")
-        own = run_cfg.data.source == "folder" and os.path.realpath(run_cfg.data.dataset_dir) == os.path.realpath(data)
-        split = split or ("test" if own else "all")
+        split = split or ("test" if _may_hold_training_images(run_cfg, data) else "all")
         return _source_of_splits(data, split), features.load_taxonomy(data), f"{data} ({split})"
     from jaxthyroid import config as config_lib
 

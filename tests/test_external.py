@@ -101,6 +101,18 @@ def test_a_finding_the_run_does_not_know_is_named_and_can_be_mapped():
         external.map_taxonomy(data, TAX, external.parse_renames(["adenoma=hot_nodule"]))
 
 
+def test_a_data_set_beside_the_runs_own_defaults_to_its_test_split(tmp_path):
+    """Only a set that cannot hold the run's training images is scored whole by default."""
+    import ml_collections
+
+    phantom_run = ml_collections.ConfigDict({"data": {"source": "phantom", "data_dir": str(tmp_path / "d")}})
+    assert external._may_hold_training_images(phantom_run, str(tmp_path / "d" / "thyroid_phantom" / "x" / "1.0.0"))
+    assert not external._may_hold_training_images(phantom_run, str(tmp_path / "elsewhere" / "1.0.0"))
+    folder_run = ml_collections.ConfigDict({"data": {"source": "folder", "dataset_dir": str(tmp_path / "mine")}})
+    assert external._may_hold_training_images(folder_run, str(tmp_path / "mine"))
+    assert not external._may_hold_training_images(folder_run, str(tmp_path / "theirs"))
+
+
 # -- on a finished tiny run (trained once per session, see test_cross_training) --------
 
 
