@@ -39,6 +39,11 @@ SPLITS = ("test", "validation", "train", "all")
 CHUNK_ENTRIES = 4_000_000
 
 
+# jaxthyroid.data.phantom_builder.NAME (not imported: it needs TFDS): the folder of the
+# phantom data sets under a data_dir.
+PHANTOM_DATASET_NAME = "thyroid_spect_phantom"
+
+
 class ExternalDataError(ValueError):
     """A data set the run cannot be scored on (unknown finding, other image size, bad path)."""
 
@@ -260,11 +265,12 @@ def _source_of_splits(dataset_dir: str, split: str):
 
 def _may_hold_training_images(run_cfg, dataset_dir: str) -> bool:
     """Whether ``dataset_dir`` is the run's own data set, or a phantom set beside it
-    (under the run's ``data.data_dir``): its train split may then be the run's."""
+    (``<data.data_dir>/<phantom set name>/...``): its train split may then be the run's."""
     path = os.path.realpath(dataset_dir)
     if run_cfg.data.source == "folder":
         return path == os.path.realpath(run_cfg.data.dataset_dir)
-    return path.startswith(os.path.realpath(run_cfg.data.data_dir) + os.sep)
+    phantom_sets = os.path.join(os.path.realpath(run_cfg.data.data_dir), PHANTOM_DATASET_NAME)
+    return path.startswith(phantom_sets + os.sep)
 
 
 def open_dataset(run_cfg, data: str | None, *, split: str | None = None, overrides: Sequence[str] = ()):

@@ -106,11 +106,16 @@ def test_a_data_set_beside_the_runs_own_defaults_to_its_test_split(tmp_path):
     import ml_collections
 
     phantom_run = ml_collections.ConfigDict({"data": {"source": "phantom", "data_dir": str(tmp_path / "d")}})
-    assert external._may_hold_training_images(phantom_run, str(tmp_path / "d" / "thyroid_phantom" / "x" / "1.0.0"))
+    phantom_set = tmp_path / "d" / external.PHANTOM_DATASET_NAME / "x" / "1.0.0"
+    assert external._may_hold_training_images(phantom_run, str(phantom_set))
+    # A folder set built into the same data_dir (`data build folder`'s default) is external.
+    assert not external._may_hold_training_images(phantom_run, str(tmp_path / "d" / "thyroid_folder" / "x" / "1.0.0"))
     assert not external._may_hold_training_images(phantom_run, str(tmp_path / "elsewhere" / "1.0.0"))
     folder_run = ml_collections.ConfigDict({"data": {"source": "folder", "dataset_dir": str(tmp_path / "mine")}})
     assert external._may_hold_training_images(folder_run, str(tmp_path / "mine"))
     assert not external._may_hold_training_images(folder_run, str(tmp_path / "theirs"))
+    tfds_builder = pytest.importorskip("jaxthyroid.data.phantom_builder")
+    assert external.PHANTOM_DATASET_NAME == tfds_builder.NAME
 
 
 # -- on a finished tiny run (trained once per session, see test_cross_training) --------
