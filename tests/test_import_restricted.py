@@ -76,6 +76,10 @@ def test_tiny_reproduce_runs_without_tfds_or_grain(tmp_path):
         "--out",
         str(out),
         f"--config.classifier.data.data_dir={tmp_path / 'data'}",
+        # Every stage, fewer arms (test_reproduce runs them all with TFDS and grain).
+        '--config.ablations=["no_gan"]',
+        "--config.baselines=[]",
+        "--config.scarcity.per_set=[]",
     ]
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
     log = done.stdout[-4000:] + done.stderr[-4000:]
