@@ -62,7 +62,7 @@ def get_config():
     c.model.stem = "imagenet"  # ResNets: imagenet (7×7/2 + max-pool) | small (3×3/1, no pool)
     c.model.cross_source = "adapter"  # adapter | image: where the cross term x_i comes from
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
-    c.model.conv_im2col = None  # convs as im2col matmuls: None = on for the CPU backend only
+    c.model.conv_im2col = None  # deprecated lever: None = the backend policy (jaxthyroid.models.backend) decides
     c.model.init_from = ""  # a file of `jaxthyroid weights import`: start from its backbone ("" = random init)
 
     def phase(steps, lr, train_on, model):
