@@ -1,6 +1,6 @@
 """Throughput of the jitted phantom simulator (images/s after compilation).
 
-    python -m benchmarks.phantom_throughput --size 128 --batch 256 --repeats 5
+    python -m benchmarks.phantom_throughput --size 128 --batch 256 --repeats 5 [--regime randomised]
 
 Prints one line, then the same result as JSON. The timed call is
 ``phantom.simulate`` on a fresh key batch each repeat (same shapes, so no
@@ -10,6 +10,7 @@ recompilation), blocked with ``block_until_ready``; the figure is the median.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -27,9 +28,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--poisson", default="fast", choices=("fast", "jax"))
+    ap.add_argument("--regime", default="default", choices=("default", "randomised", "ood"), help="phantom regime")
     args = ap.parse_args(argv)
 
-    params = phantom.PhantomParams(poisson=args.poisson)
+    params = dataclasses.replace(phantom.PhantomParams.regime(args.regime), poisson=args.poisson)
     ids = np.arange(args.batch, dtype=np.int32) % findings.DEFAULT.num_sets
 
     def keys(r):
@@ -56,6 +58,7 @@ def main(argv=None) -> dict:
         "batch": args.batch,
         "repeats": args.repeats,
         "poisson": args.poisson,
+        "regime": args.regime,
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
         "first_call_s": round(compile_s, 3),
@@ -67,7 +70,7 @@ def main(argv=None) -> dict:
         "load_average_1min": round(os.getloadavg()[0], 2),
     }
     print(
-        f"phantom {args.size}x{args.size} batch {args.batch} ({args.poisson} Poisson, "
+        f"phantom {args.size}x{args.size} batch {args.batch} ({args.regime}, {args.poisson} Poisson, "
         f"{result['backend']}): {result['images_per_s']:.0f} images/s "
         f"(median {median * 1e3:.1f} ms/batch; first call {compile_s:.1f} s; "
         f"{cpu_per_image * 1e3:.2f} CPU-ms/image, load {result['load_average_1min']})"

@@ -187,6 +187,13 @@ def test_rendered_counts_follow_the_total_counts_range(rendered):
     np.testing.assert_array_equal(image[raw_export], aux["counts"][raw_export])
 
 
+@pytest.mark.parametrize("q", [0.0, 0.3, 0.97, 0.995, 1.0])
+def test_count_quantile_is_numpys_inverted_cdf(q):
+    counts = np.random.default_rng(0).poisson(30.0, (64, 64, 1)).astype(np.float32)
+    got = float(jax.jit(imaging.count_quantile)(counts, q))
+    assert got == np.percentile(counts, 100 * q, method="inverted_cdf")
+
+
 def test_exports_are_8_bit_windowed_and_inverted(rendered):
     _, image, aux = rendered
     lay = aux["layout"]
@@ -196,10 +203,13 @@ def test_exports_are_8_bit_windowed_and_inverted(rendered):
     assert np.all(grey == np.round(grey)) and grey.min() >= 0 and grey.max() <= 255
     for i in np.flatnonzero(win):
         counts = aux["counts"][i]
-        # Every pixel above the window's percentile saturates.
-        above = counts > np.percentile(counts, lay["window_percentile"][i]) + 1e-3
+        # The window's top is the drawn percentile of the counts: every pixel at or
+        # above it saturates, and the next lower count does not.
+        top = np.percentile(counts, lay["window_percentile"][i], method="inverted_cdf")
         upright = 255 - image[i] if inv[i] else image[i]
-        assert upright.max() == 255 and np.all(upright[above] == 255)
+        assert upright.max() == 255 and np.all(upright[counts >= top] == 255)
+        if top > 1:
+            assert np.all(upright[counts < top] < 255)
         # Brighter counts never give a darker upright grey (monotone window).
         order = np.argsort(counts.ravel(), kind="stable")
         assert np.all(np.diff(upright.ravel()[order]) >= 0)

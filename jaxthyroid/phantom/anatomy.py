@@ -155,8 +155,8 @@ def activity_map(texture_key, lay, size, params: PhantomParams):
         x,
         y,
     )
-    activity = thyroid + background[:, None] + blobs
     if "oesophagus_x" in lay:  # a vertical band (the patient's rotation neglected)
         band = jnp.exp(-0.5 * ((x - lay["oesophagus_x"]) / lay["oesophagus_sigma"]) ** 2)
-        activity = activity + lay["oesophagus_level"] * band[None, :]
+        blobs = blobs + lay["oesophagus_level"] * band[None, :]
+    activity = thyroid + background[:, None] + blobs
     return activity, dict(thyroid_support=support, nodule_mask=nodule_mask, thyroid_activity=thyroid)
