@@ -251,6 +251,7 @@ def _stage_data(cfg, seed):
             n_test=d.n_test,
             cross_fraction=d.cross_fraction,
             seed=seed,
+            domain=d.domain,
         )
         result = {"dataset_dir": path}
         from jaxthyroid import ood

@@ -36,6 +36,9 @@ def get_config():
     c.data.n_val = 300
     c.data.n_test = 600
     c.data.cross_fraction = 0.25  # share of cross-feature images
+    # Phantom regime (PhantomParams.regime, docs/phantom.md): default | randomised (domain
+    # randomisation: collimators, counts, anatomy, exports) | ood (held out for testing).
+    c.data.domain = "default"
     c.data.train_per_set = 0  # > 0: keep only this many real training images per finding set
     c.data.batch_size = 16  # global; at a fixed number of images seen, 16 beat 32 (README)
     c.data.eval_batch_size = 128

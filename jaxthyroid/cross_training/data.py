@@ -63,6 +63,7 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0, folds: int 
                 n_test=data_cfg.n_test,
                 cross_fraction=data_cfg.cross_fraction,
                 seed=seed,
+                domain=data_cfg.domain,
             ),
             "build the phantom data set",
         )

@@ -62,6 +62,8 @@ def load_run(run_dir, which: str = "phase2"):
             f"{run} has no {which} checkpoints: that phase has not run (rerun `jaxthyroid train` with this workdir)"
         )
     cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    if "domain" not in cfg.data:  # saved before the phantom had regimes: the default one
+        cfg.data.domain = "default"
     taxonomy = findings_lib.Taxonomy.from_dict(json.loads((run / "taxonomy.json").read_text()))
     model = build_model(cfg, cross=phase_is_cross(cfg, which), num_classes=taxonomy.num_findings)
     template = abstract_state(model, make_tx(cfg, which, 1, for_restore=True), cfg.data.size)
