@@ -22,6 +22,11 @@ is): :func:`pointing_game` (the map's maximum inside the lesion mask) and :func:
 (map thresholded at a fraction of its maximum vs. the mask), each beside a random-map
 baseline of the same smoothness (:func:`random_maps`). :func:`localisation_report`
 runs both on fresh phantom images for a finished run; ``reproduce`` can call it.
+
+Size (over ~400 lines, on purpose): heat maps (Grad-CAM, occlusion), their figure, and
+the localisation scores against the phantom's lesion masks share the same compiled
+Grad-CAM and batching helpers; the localisation half is the next candidate to move out
+(``jaxthyroid.localisation``) if it grows.
 """
 
 from __future__ import annotations

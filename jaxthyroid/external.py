@@ -20,6 +20,10 @@ drawn), so every metric is a weighted count —
 — computed for all ``B`` replicates at once with matrix products (NumPy), and the
 interval is the 2.5th and 97.5th percentiles of the replicates where the metric is
 defined. A subset's metrics use the resampled images that fall in it.
+
+Size (over ~400 lines, on purpose): one command's chain (open and map a data set, score,
+bootstrap, write tables), each step a short function used only here; the bootstrap
+helpers could move to :mod:`jaxthyroid.metrics` if another command needs them.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ own figures, which stand beside ours. With ``--seeds N`` every number is the mea
 called real only when its *paired* interval (the per-seed differences' t-interval)
 excludes 0, and "not resolved at this scale" otherwise (always, with one seed).
 Every arm's optimiser steps and images seen stand beside its numbers.
+
+Size (over ~400 lines, on purpose): one report, section by section, in the order report.md
+prints them; every section reads the same collected results (``_collect``) and the same
+formatting helpers, and splitting them across modules would scatter one document's layout.
 """
 
 from __future__ import annotations

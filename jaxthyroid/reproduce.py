@@ -29,6 +29,10 @@ A stage that finished wrote ``result.json`` and is skipped by a rerun; an interr
 stage resumes (its trainings resume from their checkpoints); ``--force STAGE`` redoes
 one. This module only composes library calls; every number in the report is read
 from the stages' results.
+
+Size (over ~400 lines, on purpose): the pipeline's stage functions in the order they run,
+each a few lines composing library calls, beside the arm table they share; the report
+itself is :mod:`jaxthyroid.paper_report`.
 """
 
 from __future__ import annotations
