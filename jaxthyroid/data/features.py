@@ -136,6 +136,9 @@ def load_taxonomy(dataset_dir) -> findings_lib.Taxonomy:
 MEMORY_CACHE_ENV = "JAXTHYROID_MEMORY_CACHE_MB"
 MEMORY_CACHE_MB = 1024
 _MEMORY: dict[tuple[str, str, int], InMemorySource] = {}
+# Array data sets opened so far (they are NumPy arrays in memory already): (path, split) ->
+# (the format file's mtime, source). Apart from _MEMORY, whose budget counts decoded TFDS splits.
+_ARRAYS: dict[tuple[str, str], tuple[int, object]] = {}
 
 
 class InMemorySource:
@@ -192,11 +195,11 @@ def load_source(dataset_dir, split: str, *, in_memory: bool | None = None):
     from jaxthyroid.data import arrays
 
     if arrays.is_array_dataset(dataset_dir):  # NumPy files, read into memory whole: no TFDS
-        key = (os.path.realpath(os.fspath(dataset_dir)), split, "arrays")
+        key = (os.path.realpath(os.fspath(dataset_dir)), split)
         stamp = os.stat(os.path.join(os.fspath(dataset_dir), arrays.FORMAT_FILE)).st_mtime_ns
-        if key not in _MEMORY or _MEMORY[key][0] != stamp:
-            _MEMORY[key] = (stamp, arrays.load_source(dataset_dir, split))
-        return _MEMORY[key][1]
+        if key not in _ARRAYS or _ARRAYS[key][0] != stamp:
+            _ARRAYS[key] = (stamp, arrays.load_source(dataset_dir, split))
+        return _ARRAYS[key][1]
     info = os.path.join(os.fspath(dataset_dir), "dataset_info.json")
     # The info file's mtime in the key: a data set rebuilt in place is read afresh.
     key = (os.path.realpath(os.fspath(dataset_dir)), split, os.stat(info).st_mtime_ns if os.path.isfile(info) else 0)
