@@ -244,19 +244,10 @@ def _summary(ev: dict) -> dict:
 # ----------------------------------------------------------------------------- stages
 def _stage_data(cfg, seed):
     def stage(directory):
-        from jaxthyroid.data import build  # TFDS where installed, else NumPy files
+        from jaxthyroid import cross_training
 
         d = cfg.classifier.data
-        path = build.build_phantom_dataset(
-            d.data_dir,
-            size=d.size,
-            n_train=d.n_train,
-            n_val=d.n_val,
-            n_test=d.n_test,
-            cross_fraction=d.cross_fraction,
-            seed=seed,
-            domain=d.domain,
-        )
+        path = cross_training.build_phantom(d, seed=seed)
         result = {"dataset_dir": path}
         from jaxthyroid import ood
 

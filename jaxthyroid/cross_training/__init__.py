@@ -45,7 +45,7 @@ This package only composes; it holds no model, step or data code of its own:
 The names below are re-exported, so ``cross_training.run`` etc. work as before.
 """
 
-from jaxthyroid.cross_training.data import Data, load_data
+from jaxthyroid.cross_training.data import Data, build_phantom, load_data
 from jaxthyroid.cross_training.evaluation import (
     eval_batches,
     global_eval_batch,
@@ -92,6 +92,7 @@ __all__ = [
     "graft",
     "graft_check",
     "init_variables",
+    "build_phantom",
     "load_data",
     "load_run",
     "logits_fn",

@@ -41,6 +41,22 @@ class Data:
         return self._phase_sources[key]
 
 
+def build_phantom(data_cfg: ml_collections.ConfigDict, *, seed: int) -> str:
+    """Builds (if needed) the phantom data set a data config names; returns its folder."""
+    from jaxthyroid.data import build  # TFDS where installed, else NumPy files
+
+    return build.build_phantom_dataset(
+        data_cfg.data_dir,
+        size=data_cfg.size,
+        n_train=data_cfg.n_train,
+        n_val=data_cfg.n_val,
+        n_test=data_cfg.n_test,
+        cross_fraction=data_cfg.cross_fraction,
+        seed=seed,
+        domain=data_cfg.domain,
+    )
+
+
 def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0, folds: int = 0, fold: int = -1) -> Data:
     """Builds (if needed) and opens the configured data set's splits.
 
@@ -50,23 +66,9 @@ def load_data(data_cfg: ml_collections.ConfigDict, *, seed: int = 0, folds: int 
     from jaxthyroid.data import features, sources  # lazy: TFDS only when a TFDS data set is read
 
     if data_cfg.source == "phantom":
-        from jaxthyroid.data import build
-
         # Process 0 builds it (TFDS, or NumPy files where TFDS is not installed); the
         # others then open the finished one (no two writers).
-        dataset_dir = parallel.primary_first(
-            lambda: build.build_phantom_dataset(
-                data_cfg.data_dir,
-                size=data_cfg.size,
-                n_train=data_cfg.n_train,
-                n_val=data_cfg.n_val,
-                n_test=data_cfg.n_test,
-                cross_fraction=data_cfg.cross_fraction,
-                seed=seed,
-                domain=data_cfg.domain,
-            ),
-            "build the phantom data set",
-        )
+        dataset_dir = parallel.primary_first(lambda: build_phantom(data_cfg, seed=seed), "build the phantom data set")
     elif data_cfg.source == "folder":
         if not data_cfg.dataset_dir:
             raise ConfigError(
