@@ -62,16 +62,6 @@ def test_missing_run_dir_is_a_one_line_error(tmp_path, capsys):
 # -- on a finished tiny run (trained once per session, see test_cross_training) --------
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("grain")
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_cross_training import ensure_tiny_run
-
-    return ensure_tiny_run(tmp_path_factory.getbasetemp() / "cross_training_tiny")[0]
-
-
 def test_evaluate_json_matches_results(run_dir, capsys):
     assert cli.main(["evaluate", "--run", str(run_dir), "--which", "phase2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -1,8 +1,6 @@
 """Explanations: Grad-CAM against its closed form, localisation scores on known cases, the command."""
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -136,16 +134,6 @@ def test_phantom_lesions_give_nodule_and_gland_masks():
 
 
 # -- on a finished tiny run (trained once per session, see test_cross_training) --------
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("grain")
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_cross_training import ensure_tiny_run
-
-    return ensure_tiny_run(tmp_path_factory.getbasetemp() / "cross_training_tiny")[0]
 
 
 def test_explain_command_writes_one_png_per_image(run_dir, tmp_path, capsys):

@@ -3,8 +3,6 @@ as an 8-bit PNG windowed at a high percentile, as an inverted 8-bit PNG and as D
 reaches the classifier as the same array (to 8-bit quantisation) and gets the same findings."""
 
 import json
-import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -121,16 +119,6 @@ def test_inverted_non_square_8_bit_export_pads_with_background(counts, tmp_path)
 
 
 # -- the acceptance test: jaxthyroid predict on the four exports -----------------------
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("grain")
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_cross_training import ensure_tiny_run
-
-    return ensure_tiny_run(tmp_path_factory.getbasetemp() / "cross_training_tiny")[0]
 
 
 def test_predict_gives_the_same_findings_for_the_four_exports(run_dir, counts, tmp_path, capsys):

@@ -1,8 +1,6 @@
 """External validation: bootstrap intervals against closed forms, taxonomy mapping, the command."""
 
 import json
-import os
-import sys
 
 import jax
 import numpy as np
@@ -119,16 +117,6 @@ def test_a_data_set_beside_the_runs_own_defaults_to_its_test_split(tmp_path):
 
 
 # -- on a finished tiny run (trained once per session, see test_cross_training) --------
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    pytest.importorskip("tensorflow_datasets")
-    pytest.importorskip("grain")
-    sys.path.insert(0, os.path.dirname(__file__))
-    from test_cross_training import ensure_tiny_run
-
-    return ensure_tiny_run(tmp_path_factory.getbasetemp() / "cross_training_tiny")[0]
 
 
 def test_evaluate_on_a_simulated_folder_data_set(run_dir, tmp_path, capsys):
