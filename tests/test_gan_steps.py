@@ -149,6 +149,33 @@ def test_dcgan_step_auxiliary_classifier():
         )
 
 
+def test_dcgan_step_keeps_a_moving_average_of_the_generator():
+    """generator_average ← d·average + (1 − d)·params after each G update, d = min(decay, (1+t)/(10+t))."""
+    generator, discriminator = dcgan.TinyGenerator(image_size=8), dcgan.TinyDiscriminator(image_size=8)
+    state = gan_steps.create_dcgan_state(generator, discriminator, key(3), average=True)
+    start = jax.tree.map(np.asarray, state.generator.params)
+    for leaf_a, leaf_p in zip(jax.tree.leaves(state.generator_average), jax.tree.leaves(start)):
+        np.testing.assert_array_equal(leaf_a, leaf_p)  # starts at G's initial parameters
+    step = gan_steps.make_dcgan_step(generator, discriminator, ema_decay=0.9, donate=False)
+    batch = {"image": images(4, (8, 8, 8, 1))}
+    expected = start
+    for t in (1, 2, 3):
+        state, _ = step(state, batch, key(5))
+        decay = min(0.9, (1 + t) / (10 + t))
+        params = jax.tree.map(np.asarray, state.generator.params)
+        expected = jax.tree.map(lambda a, p, d=decay: d * a + (1 - d) * p, expected, params)
+        for got, want in zip(jax.tree.leaves(state.generator_average), jax.tree.leaves(expected)):
+            # one multiply-add per step in float32 on values of order 0.02-1
+            np.testing.assert_allclose(got, want, rtol=4 * t * np.finfo(np.float32).eps, atol=1e-7)
+    moved = max(float(np.abs(a - p).max()) for a, p in zip(jax.tree.leaves(expected), jax.tree.leaves(params)))
+    assert moved > 1e-6  # the average lags the parameters: the check above is not params == params
+    with pytest.raises(ValueError, match="average=True"):
+        plain = gan_steps.create_dcgan_state(generator, discriminator, key(3))
+        gan_steps.make_dcgan_step(generator, discriminator, ema_decay=0.9)(plain, batch, key(5))
+    with pytest.raises(ValueError, match="ema_decay"):
+        gan_steps.make_dcgan_step(generator, discriminator, ema_decay=1.5)
+
+
 # -- SRResNet / SRGAN ---------------------------------------------------------------------
 def sr_batch(seed: int, batch: int = 4):
     hr = images(seed, (batch, 16, 16, 1))

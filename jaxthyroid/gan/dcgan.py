@@ -32,7 +32,8 @@ METRICS = ("d_loss", "g_loss", "real_score", "fake_score")
 def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set.
 
-    Optional keys: ``label_std`` and ``conditional_norm`` (G's conditioning strength,
+    Optional keys: ``ema_decay`` (> 0: sample from a moving average of G's parameters,
+    :func:`sampling_variables`), ``label_std`` and ``conditional_norm`` (G's conditioning strength,
     :class:`jaxthyroid.models.dcgan.Generator`), ``aux_weight`` (> 0: D gets an AC-GAN
     classifier head, :func:`jaxthyroid.train.gan_steps.make_dcgan_step`),
     ``fast_upsample`` and ``conv_im2col`` (deprecated: the backend policy decides, see
@@ -62,7 +63,44 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
 def _template(cfg, key):
     g, d = dcgan_models(cfg)
     tx = lambda: gan_steps.dcgan_optimizer(cfg.learning_rate)  # noqa: E731
-    return g, d, gan_steps.create_dcgan_state(g, d, key, g_tx=tx(), d_tx=tx())
+    return g, d, gan_steps.create_dcgan_state(g, d, key, g_tx=tx(), d_tx=tx(), average=cfg.ema_decay > 0)
+
+
+# Re-estimating G's BatchNorm statistics for the averaged parameters: this many batches of
+# this many samples (finding sets uniform) through G in train mode; with BatchNorm momentum
+# 0.9 the statistics then average the last ~10 batches, and the initial ones weigh 0.9^64.
+RECALIBRATION_BATCHES = 64
+RECALIBRATION_BATCH_SIZE = 128
+
+
+@functools.lru_cache(maxsize=8)
+def _recalibrate_fn(generator):
+    def run(params, batch_stats, key):
+        def one(stats, key):
+            z_key, id_key = jax.random.split(key)
+            z = jax.random.normal(z_key, (RECALIBRATION_BATCH_SIZE, generator.nz), jnp.float32)
+            ids = jax.random.randint(id_key, (RECALIBRATION_BATCH_SIZE,), 0, max(generator.num_classes, 1))
+            labels = (ids,) if generator.num_classes else ()
+            _, updates = generator.apply(
+                {"params": params, "batch_stats": stats}, z, *labels, train=True, mutable=["batch_stats"]
+            )
+            return updates["batch_stats"], None
+
+        stats, _ = jax.lax.scan(one, batch_stats, jax.random.split(key, RECALIBRATION_BATCHES))
+        return stats
+
+    return xla_options.jit(run)
+
+
+def sampling_variables(generator, state: gan_steps.GANState) -> dict:
+    """The variables G samples with: its trained ones, or, when the run keeps a moving
+    average of G's parameters, that average with BatchNorm statistics re-estimated for it
+    (the trained G's running statistics belong to other weights). Deterministic."""
+    if state.generator_average is None:
+        return variables_of(state.generator)
+    key = jax.random.key(0)
+    stats = _recalibrate_fn(generator)(state.generator_average, state.generator.batch_stats, key)
+    return {"params": state.generator_average, "batch_stats": stats}
 
 
 @functools.lru_cache(maxsize=8)  # models are hashable dataclasses: one compilation per model
@@ -116,7 +154,9 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
     generator, discriminator, state = _template(cfg, init_key(seed))
     mesh = budget.data_mesh(cfg, cfg.batch_size)
     aux_weight = float(cfg.aux_weight)
-    step = gan_steps.make_dcgan_step(generator, discriminator, mesh, conditional=True, aux_weight=aux_weight)
+    step = gan_steps.make_dcgan_step(
+        generator, discriminator, mesh, conditional=True, aux_weight=aux_weight, ema_decay=float(cfg.ema_decay)
+    )
 
     num_sets = findings_lib.DEFAULT.num_sets
     per_row = 6
@@ -129,7 +169,7 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
         if record["step"] < next_grid[0] and record["step"] < steps:
             return
         next_grid[0] = (record["step"] // every + 1) * every
-        samples = dcgan_images(generator, variables_of(state.generator), grid_ids, sample_key)
+        samples = dcgan_images(generator, sampling_variables(generator, state), grid_ids, sample_key)
         path = workdir / f"samples_step{record['step']}.png"
         if parallel.is_primary():  # every process samples (a collective on the mesh); one writes
             report.contact_sheet(images_lib.by_set(samples, grid_ids), path, per_row=per_row)
@@ -163,11 +203,11 @@ def saved_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
 
 
 def load_dcgan_generator(dcgan_dir, cfg=None):
-    """``(generator, variables)`` of a trained DCGAN (latest checkpoint). ``cfg``
-    defaults to the run's ``config.json``."""
+    """``(generator, variables)`` of a trained DCGAN (latest checkpoint;
+    :func:`sampling_variables`). ``cfg`` defaults to the run's ``config.json``."""
     dcgan_dir = pathlib.Path(dcgan_dir)
     cfg = settings.complete(cfg if cfg is not None else saved_config(dcgan_dir), settings.DCGAN)
     generator, _ = dcgan_models(cfg)
     template = budget.abstract(lambda key: _template(cfg, key)[2])
     state = budget.restore_latest(dcgan_dir / "checkpoints", template)
-    return generator, variables_of(state.generator)
+    return generator, sampling_variables(generator, state)

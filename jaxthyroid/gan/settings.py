@@ -30,6 +30,7 @@ DCGAN: dict[str, Any] = dict(
     aux_weight=0.0,  # > 0: D gets an AC-GAN finding-set classifier head with this loss weight
     label_std=None,  # None: flax's default label-embedding init; a float: N(0, std²)
     conditional_norm=False,  # conditional BatchNorm in G
+    ema_decay=0.0,  # > 0: sample from a moving average of G's parameters (BatchNorm statistics re-estimated)
     fast_upsample=True,  # sub-pixel transposed convolutions (same function, faster on CPU)
     conv_im2col=None,  # None: im2col convs where they pay on the CPU backend; True / False: all / none
     sample_every_steps=0,  # a sample grid every this many steps (0: three over the run)

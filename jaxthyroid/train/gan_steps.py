@@ -24,6 +24,7 @@ only in eval mode, which GAN training never runs).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -43,10 +44,13 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class GANState:
-    """Generator and discriminator train states (params, batch stats, optimiser state)."""
+    """Generator and discriminator train states (params, batch stats, optimiser state),
+    and optionally an exponential moving average of G's parameters (``generator_average``,
+    None when the run keeps none; :func:`make_dcgan_step`'s ``ema_decay``)."""
 
     generator: TrainState
     discriminator: TrainState
+    generator_average: Any = None
 
     @property
     def step(self) -> jax.Array:
@@ -78,15 +82,27 @@ def create_dcgan_state(
     *,
     g_tx: optax.GradientTransformation | None = None,
     d_tx: optax.GradientTransformation | None = None,
+    average: bool = False,
 ) -> GANState:
-    """DCGAN state; image shape and conditioning come from the generator's fields."""
+    """DCGAN state; image shape and conditioning come from the generator's fields.
+    ``average``: keep a moving average of G's parameters (starts at G's initial ones)."""
     g_key, d_key = jax.random.split(key)
     label = (jnp.zeros((1,), jnp.int32),) if generator.num_classes else ()
     image = jnp.zeros((1, generator.image_size, generator.image_size, generator.channels), jnp.float32)
+    g_state = create_state(generator, g_key, g_tx or dcgan_optimizer(), jnp.zeros((1, generator.nz)), *label)
     return GANState(
-        generator=create_state(generator, g_key, g_tx or dcgan_optimizer(), jnp.zeros((1, generator.nz)), *label),
+        generator=g_state,
         discriminator=create_state(discriminator, d_key, d_tx or dcgan_optimizer(), image, *label),
+        generator_average=jax.tree.map(jnp.copy, g_state.params) if average else None,
     )
+
+
+def average_decay(decay: float, step: jax.Array) -> jax.Array:
+    """The moving average's decay after ``step`` updates: ``min(decay, (1 + t) / (10 + t))``,
+    so the first steps' random weights do not linger in a short run (the num_updates rule
+    of TensorFlow's ExponentialMovingAverage)."""
+    t = jnp.asarray(step, jnp.float32)
+    return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
 def create_srgan_state(
@@ -148,6 +164,7 @@ def make_dcgan_step(
     *,
     conditional: bool = False,
     aux_weight: float = 0.0,
+    ema_decay: float = 0.0,
     donate: bool = True,
 ) -> Callable[[GANState, dict, jax.Array], tuple[GANState, Metrics]]:
     """One D update then one G update.
@@ -165,6 +182,11 @@ def make_dcgan_step(
     cross-entropy of the finding set, weighted, added to D's loss on real images and
     to G's loss on its fakes (D never learns to classify fakes, so G cannot win by
     making D's classifier worse); metric ``aux_loss`` (D's, on real images).
+
+    ``ema_decay > 0`` (a state made with ``average=True``): after the G update,
+    ``generator_average ← d·average + (1 − d)·params`` with ``d`` =
+    :func:`average_decay` (Yazici et al. 2019: an averaged generator's samples are
+    closer to the data than the last iterate's).
     """
     axis = DATA_AXIS if mesh is not None else None
     G = generator.clone(axis_name=axis)
@@ -207,6 +229,12 @@ def make_dcgan_step(
         g_loss, fake_grad = jax.value_and_grad(g_loss_fn)(fake)
         (g_grads,) = g_vjp(fake_grad)
         g = g.apply_gradients(grads=g_grads, batch_stats=g_batch_stats)
+        average = state.generator_average
+        if ema_decay > 0:
+            if average is None:
+                raise ValueError("ema_decay > 0 needs a state made with create_dcgan_state(..., average=True)")
+            decay = average_decay(ema_decay, g.step)
+            average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, average, g.params)
 
         metrics = {
             "d_loss": d_loss,
@@ -216,8 +244,10 @@ def make_dcgan_step(
         }
         if aux:
             metrics["aux_loss"] = aux_loss
-        return GANState(generator=g, discriminator=d), metrics
+        return GANState(generator=g, discriminator=d, generator_average=average), metrics
 
+    if ema_decay > 0 and not 0 < ema_decay < 1:
+        raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
     sharded = _data_parallel(per_device, mesh, 1, 3, donate)
 
     def step(state: GANState, batch: dict, key: jax.Array):
