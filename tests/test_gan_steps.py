@@ -149,6 +149,26 @@ def test_dcgan_step_auxiliary_classifier():
         )
 
 
+def test_dcgan_optimizer_linear_decay_tail():
+    """Constant rate, then linearly to 0 over the last share of the steps. With a constant
+    gradient Adam's bias-corrected step is exactly the rate (m/√v = 1, up to ε)."""
+    tx = gan_steps.dcgan_optimizer(1.0, steps=10, decay_fraction=0.5)
+    params = jnp.zeros(())
+    state = tx.init(params)
+    sizes = []
+    for _ in range(10):
+        updates, state = tx.update(jnp.ones(()), state, params)
+        sizes.append(-float(updates))
+    # Adam's bias correction 1 − 0.999^t in float32 cancels: relative error ~ ε32 / (1 − β2) ≈ 1.2e-4.
+    rtol = 2 * np.finfo(np.float32).eps / (1 - 0.999)
+    np.testing.assert_allclose(sizes, [1, 1, 1, 1, 1, 1.0, 0.8, 0.6, 0.4, 0.2], rtol=rtol)
+    constant = gan_steps.dcgan_optimizer(1.0)
+    updates, _ = constant.update(jnp.ones(()), constant.init(params), params)
+    np.testing.assert_allclose(-float(updates), 1.0, rtol=rtol)
+    with pytest.raises(ValueError, match="decay_fraction"):
+        gan_steps.dcgan_optimizer(1.0, steps=0, decay_fraction=0.5)
+
+
 def test_dcgan_step_keeps_a_moving_average_of_the_generator():
     """generator_average ← d·average + (1 − d)·params after each G update, d = min(decay, (1+t)/(10+t))."""
     generator, discriminator = dcgan.TinyGenerator(image_size=8), dcgan.TinyDiscriminator(image_size=8)

@@ -33,7 +33,8 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     """Conditional ``(Generator, Discriminator)`` of a DCGAN config, one class per finding set.
 
     Optional keys: ``ema_decay`` (> 0: sample from a moving average of G's parameters,
-    :func:`sampling_variables`), ``label_std`` and ``conditional_norm`` (G's conditioning strength,
+    :func:`sampling_variables`), ``lr_decay_fraction`` (Adam's rate falls linearly to 0
+    over this last share of the steps), ``label_std`` and ``conditional_norm`` (G's conditioning strength,
     :class:`jaxthyroid.models.dcgan.Generator`), ``aux_weight`` (> 0: D gets an AC-GAN
     classifier head, :func:`jaxthyroid.train.gan_steps.make_dcgan_step`),
     ``fast_upsample`` and ``conv_im2col`` (deprecated: the backend policy decides, see
@@ -60,9 +61,9 @@ def dcgan_models(cfg, taxonomy: findings_lib.Taxonomy = findings_lib.DEFAULT):
     return g, d
 
 
-def _template(cfg, key):
+def _template(cfg, key, steps: int = 1):
     g, d = dcgan_models(cfg)
-    tx = lambda: gan_steps.dcgan_optimizer(cfg.learning_rate)  # noqa: E731
+    tx = lambda: gan_steps.dcgan_optimizer(cfg.learning_rate, steps=steps, decay_fraction=cfg.lr_decay_fraction)  # noqa: E731
     return g, d, gan_steps.create_dcgan_state(g, d, key, g_tx=tx(), d_tx=tx(), average=cfg.ema_decay > 0)
 
 
@@ -151,7 +152,7 @@ def train_dcgan(cfg, source, workdir, *, seed: int) -> dict:
         raise ConfigError("the DCGAN config needs steps (or epochs) > 0")
 
     _, step_key, sample_key = jax.random.split(jax.random.key(seed), 3)
-    generator, discriminator, state = _template(cfg, init_key(seed))
+    generator, discriminator, state = _template(cfg, init_key(seed), steps)
     mesh = budget.data_mesh(cfg, cfg.batch_size)
     aux_weight = float(cfg.aux_weight)
     step = gan_steps.make_dcgan_step(

@@ -27,6 +27,7 @@ DCGAN: dict[str, Any] = dict(
     epochs=0,  # used when steps is 0: passes over the real training images
     batch_size=64,
     learning_rate=2e-4,  # Adam, beta1 0.5
+    lr_decay_fraction=0.0,  # > 0: the rate falls linearly to 0 over this last share of the steps
     aux_weight=0.0,  # > 0: D gets an AC-GAN finding-set classifier head with this loss weight
     label_std=None,  # None: flax's default label-embedding init; a float: N(0, std²)
     conditional_norm=False,  # conditional BatchNorm in G

@@ -58,9 +58,21 @@ class GANState:
 
 
 # -- optimisers -------------------------------------------------------------------
-def dcgan_optimizer(learning_rate: float = 2e-4) -> optax.GradientTransformation:
-    """Adam(2e-4, β1=0.5), Radford et al."""
-    return optax.adam(learning_rate, b1=0.5)
+def dcgan_optimizer(
+    learning_rate: float = 2e-4, *, steps: int = 0, decay_fraction: float = 0.0
+) -> optax.GradientTransformation:
+    """Adam(2e-4, β1=0.5), Radford et al.; with ``decay_fraction > 0`` the rate stays
+    constant, then falls linearly to 0 over the last ``decay_fraction`` of ``steps``."""
+    if decay_fraction <= 0:
+        return optax.adam(learning_rate, b1=0.5)
+    if not decay_fraction <= 1 or steps <= 0:
+        raise ValueError(f"decay_fraction must be in (0, 1] with steps > 0, got {decay_fraction}, steps={steps}")
+    flat = int(round(steps * (1.0 - decay_fraction)))
+    schedule = optax.join_schedules(
+        [optax.constant_schedule(learning_rate), optax.linear_schedule(learning_rate, 0.0, max(steps - flat, 1))],
+        [flat],
+    )
+    return optax.adam(schedule, b1=0.5)
 
 
 def srgan_optimizer(learning_rate: float = 1e-4) -> optax.GradientTransformation:
