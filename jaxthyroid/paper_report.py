@@ -27,7 +27,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from jaxthyroid import findings as findings_lib
-from jaxthyroid import report
+from jaxthyroid import kfold_report, report
 from jaxthyroid.metrics import mean_interval
 
 # The paper's figures (Yan'an University 2020): validation accuracy and loss after 100
@@ -271,6 +271,7 @@ def build(cfg, per_seed: Sequence[dict]) -> tuple[str, dict]:
     )
     md.append(report.markdown_table(rows, ["variant", *next(iter(numbers["ablations"].values()))]))
     md.append("")
+    md.extend(kfold_report.section(cfg, per_seed, numbers))  # only with classifier.folds
 
     # -- data scarcity ------------------------------------------------------------------
     numbers["scarcity"] = {}

@@ -18,7 +18,22 @@ Stages, each in its own directory under ``OUT/seed<k>/`` (``OUT/report.*`` at th
               two phases
   baselines   the comparison networks, each trained once on the same data
   scarcity    macro F1 against real images per finding set, with and without GAN images
+  kfold       only with ``--config.classifier.folds=K`` (K >= 2): k-fold cross-validation
+              of the classifier stage's two arms (below)
   report      report.md, report.json and figures
+
+k-fold (``classifier.folds = K``): the training and validation records of the seed's
+phantom are cut into K folds stratified by finding set (seeded by the seed:
+:mod:`jaxthyroid.cross_training.kfold`, the k-fold of ``jaxthyroid train``); fold k
+validates (its best round picks the checkpoint), the other folds train, and every fold
+is scored on the same, untouched test split. Each fold trains the classifier stage's
+two arms, the full method (phase 1 + phase 2 on real + GAN images) and the plain
+control (real images only), step-matched as there, under ``kfold/<arm>/fold_<k>/``;
+the data, GAN and synthetic stages are shared by the folds. Every other stage (the
+final model, its calibration and localisation, the ablations, baselines and scarcity
+arms) stays on the fixed train/validation split. The report adds a per-fold table with
+mean ± std over the folds (``report.json`` key ``kfold``); with ``folds = 0`` (the
+default) nothing of this runs and the pipeline is as without it.
 
 Every classifier budget is in optimiser steps, and every pair of arms a claim
 compares is step-matched (same steps, batch and schedule; synthetic images change
@@ -67,16 +82,18 @@ STAGES = (
 class StageRunner:
     """Runs named stages once: skips finished ones, redoes forced ones, times each."""
 
-    def __init__(self, root: pathlib.Path, force: Sequence[str] = (), *, label: str = ""):
-        unknown = set(force) - set(STAGES)
+    def __init__(
+        self, root: pathlib.Path, force: Sequence[str] = (), *, label: str = "", stages: Sequence[str] = STAGES
+    ):
+        unknown = set(force) - set(stages)
         if unknown:
-            raise config_lib.ConfigError(f"--force {', '.join(sorted(unknown))}: stages are {', '.join(STAGES)}")
-        self.root, self.force, self.label = root, set(force), label
+            raise config_lib.ConfigError(f"--force {', '.join(sorted(unknown))}: stages are {', '.join(stages)}")
+        self.root, self.force, self.label, self.stages = root, set(force), label, tuple(stages)
 
     def __call__(self, name: str, fn: Callable[[pathlib.Path], dict]) -> dict:
         directory = self.root / name
         marker = directory / "result.json"
-        index = f"[{STAGES.index(name) + 1}/{len(STAGES)}]"
+        index = f"[{self.stages.index(name) + 1}/{len(self.stages)}]"
         if name in self.force and directory.exists():
             shutil.rmtree(directory)
             self.force.discard(name)
@@ -95,6 +112,11 @@ class StageRunner:
         return result
 
 
+def stages(cfg) -> tuple[str, ...]:
+    """The stages a preset runs: :data:`STAGES`, then ``kfold`` when ``classifier.folds`` is set."""
+    return STAGES + (("kfold",) if cfg.classifier.folds else ())
+
+
 # ----------------------------------------------------------------------------- configs
 def load_preset(preset: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
     name = preset if preset.endswith(".py") else f"reproduce_{preset}"
@@ -104,11 +126,13 @@ def load_preset(preset: str, overrides: Sequence[str] = ()) -> ml_collections.Co
 def classifier_config(cfg, workdir: pathlib.Path, seed: int, **changes) -> ml_collections.ConfigDict:
     """A cross-training config for one run: ``changes`` are ``"a.b": value`` pairs of
     keys the classifier config declares (the result is locked: an undeclared key is
-    an error, here and wherever the run reads one)."""
+    an error, here and wherever the run reads one). An arm is one run on the fixed
+    split (``folds = 0``) unless ``changes`` set ``folds`` (the kfold stage)."""
     c = ml_collections.ConfigDict(cfg.classifier.to_dict())
     c.lock()
     c.workdir = str(workdir)
     c.seed = seed
+    c.folds = 0
     for key, value in changes.items():
         node = c
         *parents, leaf = key.split(".")
@@ -181,6 +205,8 @@ def compared_pairs(cfg) -> list[tuple[str, str, str, str, str]]:
         elif a.startswith("scarcity/") and a.endswith("_real"):
             n = a.removeprefix("scarcity/n").removesuffix("_real")
             pairs.append((f"GAN with {n} real images per set", a, "plain", f"{a}_gan", "plain"))
+    if cfg.classifier.folds:
+        pairs.append(("k-fold: full vs plain", "full", "phase2", "plain", "plain"))
     return pairs
 
 
@@ -230,6 +256,27 @@ def check_step_matched(cfg) -> list[dict]:
                 "the same optimiser steps (phase 1 + phase 2 = the one-phase arm's), batch size and schedule."
             )
     return rows
+
+
+def check_folds(cfg) -> None:
+    """``classifier.folds`` is 0 (no k-fold) or a k-fold reproduce can run; ConfigError otherwise."""
+    c = cfg.classifier
+    if not c.folds:
+        return
+    if c.folds < 2:
+        raise config_lib.ConfigError(
+            f"classifier.folds={c.folds}: 0 (no k-fold, the default) or at least 2 folds "
+            "(--config.classifier.folds=5 cuts train + validation into 5 folds)"
+        )
+    if c.fold != -1:
+        raise config_lib.ConfigError(
+            f"classifier.fold={c.fold}: reproduce runs every fold of classifier.folds={c.folds}; leave fold at -1"
+        )
+    if c.data.source == "phantom" and c.data.n_train + c.data.n_val < c.folds:
+        raise config_lib.ConfigError(
+            f"classifier.folds={c.folds}: the phantom's {c.data.n_train} train + {c.data.n_val} validation "
+            "images cannot make that many folds"
+        )
 
 
 def _summary(ev: dict) -> dict:
@@ -428,15 +475,49 @@ def _stage_scarcity(cfg, seed, synthetic_dir):
     return stage
 
 
+# The classifier stage's arms that the kfold stage repeats per fold -> the phase of each one's model.
+KFOLD_ARMS = {"full": "phase2", "plain": "plain"}
+
+
+def _stage_kfold(cfg, seed, synthetic_dir):
+    def stage(directory):
+        from jaxthyroid import cross_training
+
+        arms = arm_changes(cfg, synthetic_dir)
+        k = int(cfg.classifier.folds)
+        per_fold = [{} for _ in range(k)]
+        result = {"folds": k, "seed": seed, "arms": {}, "per_fold": per_fold}
+        for arm, final in KFOLD_ARMS.items():
+            c = classifier_config(cfg, directory / arm, seed, folds=k, **arms[arm])
+            summary = cross_training.run(c)  # kfold.run_folds: one run per fold, kfold.json
+            result["arms"][arm] = {"phase": final, "workdir": summary["workdir"]}
+            phases = ["phase1", "phase2"] if final == "phase2" else [final]
+            for row, metrics, workdir in zip(per_fold, summary["per_fold"], summary["fold_workdirs"]):
+                budgets = json.loads((pathlib.Path(workdir) / "results.json").read_text())["budgets"]
+                row[arm] = {
+                    **metrics[final],
+                    "steps": sum(budgets[p]["steps"] for p in phases),
+                    "images_seen": sum(budgets[p]["images_seen"] for p in phases),
+                    "workdir": workdir,
+                }
+        real = classifier_config(cfg, directory / "plain", seed, **arms["plain"]).data  # real images only
+        for fold, row in enumerate(per_fold):
+            data = cross_training.load_data(real, seed=seed, folds=k, fold=fold)
+            row["images"] = {"train": len(data.train_real), "validation": len(data.validation), "test": len(data.test)}
+        return result
+
+    return stage
+
+
 # ----------------------------------------------------------------------------- driver
 def run_seed(cfg, root: pathlib.Path, seed: int, force: Sequence[str], label: str = "") -> dict:
-    stage = StageRunner(root, force, label=label)
+    stage = StageRunner(root, force, label=label, stages=stages(cfg))
     data = stage("data", _stage_data(cfg, seed))
     gan = stage("gan", _stage_gan(cfg, seed, data["dataset_dir"]))
     synthetic = stage("synthetic", _stage_synthetic(cfg, seed, root / "gan"))
     sdir = synthetic["dataset_dir"]
     classifier = stage("classifier", _stage_classifier(cfg, seed, sdir))
-    return {
+    result = {
         "data": data,
         "gan": gan,
         "synthetic": synthetic,
@@ -447,6 +528,9 @@ def run_seed(cfg, root: pathlib.Path, seed: int, force: Sequence[str], label: st
         "baselines": stage("baselines", _stage_baselines(cfg, seed, sdir)),
         "scarcity": stage("scarcity", _stage_scarcity(cfg, seed, sdir)),
     }
+    if cfg.classifier.folds:
+        result["kfold"] = stage("kfold", _stage_kfold(cfg, seed, sdir))
+    return result
 
 
 def run(
@@ -454,11 +538,7 @@ def run(
 ) -> pathlib.Path:
     """Runs every stage for ``seeds`` seeds and writes ``OUT/report.md``; returns its path."""
     cfg = load_preset(preset, overrides)
-    if cfg.classifier.folds:
-        raise config_lib.ConfigError(
-            "classifier.folds: reproduce repeats its arms over seeds (--seeds); "
-            "k-fold runs through `jaxthyroid train --config.folds=K`"
-        )
+    check_folds(cfg)
     check_step_matched(cfg)  # before anything trains
     out = pathlib.Path(out or f"runs/reproduce_{pathlib.Path(preset).stem}")
     out.mkdir(parents=True, exist_ok=True)
