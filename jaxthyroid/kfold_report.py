@@ -82,10 +82,8 @@ def table(per_seed: Sequence[dict], numbers: dict) -> str:
             images = fold["images"]
             for arm in ARMS:
                 values = numbers["per_fold"][k][arm]
-                cells = {
-                    c: f"{values[m][s]:+.3f}" if arm == "full − plain" else f"{values[m][s]:.3f}"
-                    for c, m in COLUMNS.items()
-                }
+                sign = "+" if arm == "full − plain" else ""
+                cells = {c: f"{values[m][s]:{sign}.3f}" for c, m in COLUMNS.items()}
                 steps = f"{fold[arm]['steps']} / {fold[arm]['images_seen']}" if arm in fold else ""
                 rows.append(
                     {
@@ -99,7 +97,8 @@ def table(per_seed: Sequence[dict], numbers: dict) -> str:
                 )
         for arm in ARMS:
             mean, std = numbers["mean"][arm], numbers["std"][arm]
-            cells = {c: f"{mean[m][s]:.3f} ± {std[m][s]:.3f}" for c, m in COLUMNS.items()}
+            sign = "+" if arm == "full − plain" else ""
+            cells = {c: f"{mean[m][s]:{sign}.3f} ± {std[m][s]:.3f}" for c, m in COLUMNS.items()}
             rows.append(
                 {
                     **seed_col,

@@ -530,6 +530,11 @@ def run_seed(cfg, root: pathlib.Path, seed: int, force: Sequence[str], label: st
     }
     if cfg.classifier.folds:
         result["kfold"] = stage("kfold", _stage_kfold(cfg, seed, sdir))
+        if result["kfold"]["folds"] != cfg.classifier.folds:  # a finished stage is not redone
+            raise config_lib.ConfigError(
+                f"{root / 'kfold'} holds a {result['kfold']['folds']}-fold run, not classifier.folds="
+                f"{cfg.classifier.folds}: add --force kfold to redo it"
+            )
     return result
 
 

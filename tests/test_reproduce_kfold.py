@@ -177,3 +177,47 @@ def test_folds_zero_leaves_the_pipeline_as_it_was():
     assert reproduce.classifier_config(folded, ROOT, 0, folds=3).folds == 3
     with pytest.raises(config_lib.ConfigError, match="kfold"):
         reproduce.StageRunner(ROOT, ["kfold"])  # no kfold stage without folds
+
+
+def test_several_seeds_get_one_block_each():
+    rng = np.random.default_rng(0)
+
+    def seed_result(seed):
+        def arm():
+            return {**{m: float(rng.uniform()) for m in kfold_report.COLUMNS.values()}, "steps": 4, "images_seen": 32}
+
+        per_fold = [
+            {"full": arm(), "plain": arm(), "images": {"train": 8, "validation": 4, "test": 6}} for _ in range(3)
+        ]
+        return {
+            "kfold": {
+                "folds": 3,
+                "seed": seed,
+                "arms": {"full": {"phase": "phase2"}, "plain": {"phase": "plain"}},
+                "per_fold": per_fold,
+            }
+        }
+
+    per_seed = [seed_result(0), seed_result(1)]
+    numbers = {}
+    md = "\n".join(kfold_report.section(reproduce.load_preset("tiny", ["classifier.folds=3"]), per_seed, numbers))
+    kf = numbers["kfold"]
+    for s, r in enumerate(per_seed):
+        folds = r["kfold"]["per_fold"]
+        for metric in kfold_report.COLUMNS.values():
+            full = [f["full"][metric] for f in folds]
+            diff = [f["full"][metric] - f["plain"][metric] for f in folds]
+            assert kf["mean"]["full"][metric][s] == pytest.approx(np.mean(full))
+            assert kf["std"]["full − plain"][metric][s] == pytest.approx(np.std(diff, ddof=1))
+        assert md.count(f"| {s} | mean ± std |") == len(kfold_report.ARMS)
+    assert kf["per_fold"][2]["images"]["test"] == [6, 6]
+    assert kfold_report.section(None, [{"classifier": {}}], {}) == []  # no kfold stage: no section
+
+
+def test_a_finished_kfold_of_another_k_is_not_reported_as_this_one(kfold_run):
+    out, _, _ = kfold_run
+    before = (out / "report.md").read_text()
+    overrides = [*SMALL, f"classifier.data.data_dir={out.parent / 'data'}", f"classifier.folds={FOLDS + 1}"]
+    with pytest.raises(config_lib.ConfigError, match=f"holds a {FOLDS}-fold run.*--force kfold"):
+        reproduce.run("tiny", out=out, overrides=overrides)  # every stage finished: nothing trains
+    assert (out / "report.md").read_text() == before
