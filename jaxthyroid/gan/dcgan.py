@@ -97,7 +97,7 @@ def sampling_variables(generator, state: gan_steps.GANState) -> dict:
     """The variables G samples with: its trained ones, or, when the run keeps a moving
     average of G's parameters, that average with BatchNorm statistics re-estimated for it
     (the trained G's running statistics belong to other weights). Deterministic."""
-    if state.generator_average is None:
+    if not isinstance(state, gan_steps.AveragedGANState):
         return variables_of(state.generator)
     key = jax.random.key(0)
     stats = _recalibrate_fn(generator)(state.generator_average, state.generator.batch_stats, key)

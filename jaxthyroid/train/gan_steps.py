@@ -44,17 +44,23 @@ Metrics = dict[str, jax.Array]
 
 @flax.struct.dataclass
 class GANState:
-    """Generator and discriminator train states (params, batch stats, optimiser state),
-    and optionally an exponential moving average of G's parameters (``generator_average``,
-    None when the run keeps none; :func:`make_dcgan_step`'s ``ema_decay``)."""
+    """Generator and discriminator train states (params, batch stats, optimiser state)."""
 
     generator: TrainState
     discriminator: TrainState
-    generator_average: Any = None
 
     @property
     def step(self) -> jax.Array:
         return self.generator.step
+
+
+@flax.struct.dataclass
+class AveragedGANState(GANState):
+    """A :class:`GANState` that also keeps an exponential moving average of G's
+    parameters (:func:`make_dcgan_step`'s ``ema_decay``). A class of its own, so runs
+    without an average keep the checkpoint layout they always had."""
+
+    generator_average: Any
 
 
 # -- optimisers -------------------------------------------------------------------
@@ -102,11 +108,12 @@ def create_dcgan_state(
     label = (jnp.zeros((1,), jnp.int32),) if generator.num_classes else ()
     image = jnp.zeros((1, generator.image_size, generator.image_size, generator.channels), jnp.float32)
     g_state = create_state(generator, g_key, g_tx or dcgan_optimizer(), jnp.zeros((1, generator.nz)), *label)
-    return GANState(
-        generator=g_state,
-        discriminator=create_state(discriminator, d_key, d_tx or dcgan_optimizer(), image, *label),
-        generator_average=jax.tree.map(jnp.copy, g_state.params) if average else None,
-    )
+    d_state = create_state(discriminator, d_key, d_tx or dcgan_optimizer(), image, *label)
+    if average:
+        return AveragedGANState(
+            generator=g_state, discriminator=d_state, generator_average=jax.tree.map(jnp.copy, g_state.params)
+        )
+    return GANState(generator=g_state, discriminator=d_state)
 
 
 def average_decay(decay: float, step: jax.Array) -> jax.Array:
@@ -195,7 +202,7 @@ def make_dcgan_step(
     to G's loss on its fakes (D never learns to classify fakes, so G cannot win by
     making D's classifier worse); metric ``aux_loss`` (D's, on real images).
 
-    ``ema_decay > 0`` (a state made with ``average=True``): after the G update,
+    ``ema_decay > 0`` (an :class:`AveragedGANState`, ``average=True``): after the G update,
     ``generator_average ← d·average + (1 − d)·params`` with ``d`` =
     :func:`average_decay` (Yazici et al. 2019: an averaged generator's samples are
     closer to the data than the last iterate's).
@@ -241,12 +248,13 @@ def make_dcgan_step(
         g_loss, fake_grad = jax.value_and_grad(g_loss_fn)(fake)
         (g_grads,) = g_vjp(fake_grad)
         g = g.apply_gradients(grads=g_grads, batch_stats=g_batch_stats)
-        average = state.generator_average
+        new_state = state.replace(generator=g, discriminator=d)
         if ema_decay > 0:
-            if average is None:
+            if not isinstance(state, AveragedGANState):
                 raise ValueError("ema_decay > 0 needs a state made with create_dcgan_state(..., average=True)")
             decay = average_decay(ema_decay, g.step)
-            average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, average, g.params)
+            average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, state.generator_average, g.params)
+            new_state = new_state.replace(generator_average=average)
 
         metrics = {
             "d_loss": d_loss,
@@ -256,7 +264,7 @@ def make_dcgan_step(
         }
         if aux:
             metrics["aux_loss"] = aux_loss
-        return GANState(generator=g, discriminator=d, generator_average=average), metrics
+        return new_state, metrics
 
     if ema_decay > 0 and not 0 < ema_decay < 1:
         raise ValueError(f"ema_decay must be in (0, 1), got {ema_decay}")
