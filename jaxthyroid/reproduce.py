@@ -350,21 +350,23 @@ def _stage_synthetic(cfg, seed, gan_dir):
     return stage
 
 
-def _run_classifiers(cfg, runs: dict) -> dict:
-    """``{name: summary}`` of the cross-training runs ``runs`` (name -> config), up to
-    ``cfg.arm_processes`` at a time in worker processes on a CPU backend
-    (:mod:`jaxthyroid.cross_training.pool`; every run computes what it would alone)."""
-    from jaxthyroid.cross_training import pool
+def _run_classifier(c) -> dict:
+    from jaxthyroid import cross_training
 
-    return pool.run_all(runs, processes=int(cfg.get("arm_processes", 1)))
+    results = cross_training.run(c)
+    return {
+        "evaluations": results["evaluations"],
+        "histories": results["histories"],
+        "budgets": results["budgets"],
+        "workdir": str(c.workdir),
+    }
 
 
 def _stage_classifier(cfg, seed, synthetic_dir):
     def stage(directory):
         arms = arm_changes(cfg, synthetic_dir)
-        runs = {name: classifier_config(cfg, directory / name, seed, **arms[name]) for name in ("full", "plain")}
-        results = _run_classifiers(cfg, runs)
-        full, plain = results["full"], results["plain"]
+        full = _run_classifier(classifier_config(cfg, directory / "full", seed, **arms["full"]))
+        plain = _run_classifier(classifier_config(cfg, directory / "plain", seed, **arms["plain"]))
         # One result: phase 1 and 2 of the full method, the control as "plain".
         for key in ("evaluations", "histories", "budgets"):
             full[key]["plain"] = plain[key]["plain"]
@@ -405,7 +407,7 @@ def _stage_ablations(cfg, seed, synthetic_dir):
             _reuse_phase1(
                 classifier_config(cfg, directory.parent / "classifier" / "full", seed, **arms["full"]), runs["no_cross"]
             )
-        result = _run_classifiers(cfg, runs)
+        result = {name: _run_classifier(c) for name, c in runs.items()}
         result["gan_quality"] = _gan_quality(directory / "no_gan", synthetic_dir, gan_dir=directory.parent / "gan")
         return result
 
@@ -452,10 +454,10 @@ def _gan_quality(real_only_run: pathlib.Path, synthetic_dir: str, *, which: str 
 def _stage_baselines(cfg, seed, synthetic_dir):
     def stage(directory):
         arms = arm_changes(cfg, synthetic_dir)
-        runs = {
-            name: classifier_config(cfg, directory / name, seed, **arms[f"baseline/{name}"]) for name in cfg.baselines
+        return {
+            name: _run_classifier(classifier_config(cfg, directory / name, seed, **arms[f"baseline/{name}"]))
+            for name in cfg.baselines
         }
-        return _run_classifiers(cfg, runs)
 
     return stage
 
@@ -463,12 +465,12 @@ def _stage_baselines(cfg, seed, synthetic_dir):
 def _stage_scarcity(cfg, seed, synthetic_dir):
     def stage(directory):
         arms = arm_changes(cfg, synthetic_dir)
-        runs = {
-            f"{n}/{arm}": classifier_config(cfg, directory / f"n{n}_{key}", seed, **arms[f"scarcity/n{n}_{key}"])
-            for n in cfg.scarcity.per_set
-            for arm, key in (("real", "real"), ("real+gan", "real_gan"))
-        }
-        return _run_classifiers(cfg, runs)
+        out = {}
+        for n in cfg.scarcity.per_set:
+            for arm, key in (("real", "real"), ("real+gan", "real_gan")):
+                c = classifier_config(cfg, directory / f"n{n}_{key}", seed, **arms[f"scarcity/n{n}_{key}"])
+                out[f"{n}/{arm}"] = _run_classifier(c)
+        return out
 
     return stage
 

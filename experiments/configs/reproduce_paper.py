@@ -37,8 +37,6 @@ def get_config():
         )
     )
     c.synthetic.per_set = 200
-    # Cross-training runs at a time in worker processes (CPU only; an accelerator runs one).
-    c.arm_processes = 1
     c.ablations = ["no_gan", "no_cross", "no_two_phase"]
     c.baselines = ["vgg16_bn", "alexnet", "densenet121"]
     c.scarcity.per_set = [25, 50, 100, 200]

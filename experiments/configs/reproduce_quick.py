@@ -71,11 +71,6 @@ def get_config():
 
     c.synthetic = ml_collections.ConfigDict(dict(per_set=40, ratio=0.5))
 
-    # Cross-training runs of one stage (full and plain, the ablation arms) at a time, each in a
-    # worker process: on a 2-core CPU two at once take ~0.7x the time of one after the other
-    # (jaxthyroid.cross_training.pool; the same numbers either way). 1: one after the other.
-    # Used only on a single-process CPU backend.
-    c.arm_processes = 2
     # Ablation arms: no_gan (required: its real-only model judges the GAN), no_cross, no_two_phase.
     # The quick preset runs no_gan only, to spend `make demo`'s 10 minutes on steps and on the
     # DCGAN; the paper preset runs all three (--config.ablations='["no_gan","no_cross"]' adds one).
