@@ -57,8 +57,8 @@ def main(argv=None) -> None:
 
     run = pathlib.Path(args.run)
     out = pathlib.Path(args.out)
-    seed = json.loads((run / "gan" / "dcgan" / "config.json").read_text())["seed"]
-    base_cfg = dcgan.saved_config(run / "gan" / "dcgan").to_dict()
+    saved = json.loads((run / "gan" / "dcgan" / dcgan.CONFIG_FILE).read_text())  # the run's config and seed
+    seed, base_cfg = saved["seed"], saved["config"]
     data = json.loads((run / "data" / "result.json").read_text())
     train = features.load_source(data["result"]["dataset_dir"], "train")  # relative to where reproduce ran
     rows = []

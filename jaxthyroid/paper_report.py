@@ -75,24 +75,37 @@ def ablation_evaluations(seed_result: dict) -> dict[str, dict]:
     return rows
 
 
+def model_budget(budgets: dict, final: str) -> dict | None:
+    """``steps``, ``phase_steps``, ``batch_size`` and ``images_seen`` of the model a run's
+    phase ``final`` holds, from the run's ``budgets``: phase 2's model was trained through
+    phase 1 as well, so both are summed. None when a phase of it did not run."""
+    phases = ["phase1", "phase2"] if final == "phase2" else [final]
+    if not all(p in budgets for p in phases):
+        return None
+    return {
+        "steps": sum(budgets[p]["steps"] for p in phases),
+        "phase_steps": [budgets[p]["steps"] for p in phases],
+        "batch_size": budgets[phases[0]]["batch_size"],
+        "images_seen": sum(budgets[p]["images_seen"] for p in phases),
+    }
+
+
 def arm_budgets(seed_result: dict) -> list[dict]:
     """Every trained model of one seed: its optimiser steps, batch size and images seen
-    (the phases that trained it summed)."""
+    (the phases that trained it summed: :func:`model_budget`)."""
     rows = []
 
     def add(arm, run, final):
-        b = run.get("budgets", {})
-        phases = ["phase1", "phase2"] if final == "phase2" else [final]
-        if not all(p in b for p in phases):
+        b = model_budget(run.get("budgets", {}), final)
+        if b is None:
             return
-        steps = sum(b[p]["steps"] for p in phases)
         rows.append(
             {
                 "arm": arm,
-                "steps": steps,
-                "phases": " + ".join(str(b[p]["steps"]) for p in phases),
-                "batch": b[phases[0]]["batch_size"],
-                "images seen": sum(b[p]["images_seen"] for p in phases),
+                "steps": b["steps"],
+                "phases": " + ".join(str(n) for n in b["phase_steps"]),
+                "batch": b["batch_size"],
+                "images seen": b["images_seen"],
             }
         )
 

@@ -481,7 +481,7 @@ KFOLD_ARMS = {"full": "phase2", "plain": "plain"}
 
 def _stage_kfold(cfg, seed, synthetic_dir):
     def stage(directory):
-        from jaxthyroid import cross_training
+        from jaxthyroid import cross_training, paper_report
 
         arms = arm_changes(cfg, synthetic_dir)
         k = int(cfg.classifier.folds)
@@ -491,19 +491,21 @@ def _stage_kfold(cfg, seed, synthetic_dir):
             c = classifier_config(cfg, directory / arm, seed, folds=k, **arms[arm])
             summary = cross_training.run(c)  # kfold.run_folds: one run per fold, kfold.json
             result["arms"][arm] = {"phase": final, "workdir": summary["workdir"]}
-            phases = ["phase1", "phase2"] if final == "phase2" else [final]
             for row, metrics, workdir in zip(per_fold, summary["per_fold"], summary["fold_workdirs"]):
-                budgets = json.loads((pathlib.Path(workdir) / "results.json").read_text())["budgets"]
+                fold_results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+                budget = paper_report.model_budget(fold_results["budgets"], final)
                 row[arm] = {
                     **metrics[final],
-                    "steps": sum(budgets[p]["steps"] for p in phases),
-                    "images_seen": sum(budgets[p]["images_seen"] for p in phases),
+                    "steps": budget["steps"],
+                    "images_seen": budget["images_seen"],
                     "workdir": workdir,
                 }
-        real = classifier_config(cfg, directory / "plain", seed, **arms["plain"]).data  # real images only
-        for fold, row in enumerate(per_fold):
-            data = cross_training.load_data(real, seed=seed, folds=k, fold=fold)
-            row["images"] = {"train": len(data.train_real), "validation": len(data.validation), "test": len(data.test)}
+                if final == "plain":  # the control trains on the fold's real training images alone
+                    row["images"] = {
+                        "train": fold_results["budgets"]["plain"]["train_images"],
+                        "validation": fold_results["histories"]["plain"][-1]["val_count"],
+                        "test": fold_results["evaluations"]["plain"]["all"]["count"],
+                    }
         return result
 
     return stage

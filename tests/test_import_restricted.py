@@ -8,12 +8,12 @@ loader, and the report is written.
 """
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
+from subprocess_env import tiny_run_env
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BLOCKED = ("tensorflow_datasets", "grain")
@@ -43,20 +43,11 @@ sys.exit(code)
 """
 
 
-def _env():
-    env = dict(os.environ)
-    # One device, and a low LLVM optimisation level: compiling is most of a tiny run
-    # (what the compiled code computes does not change).
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def test_blocker_refuses_the_packages():
     done = subprocess.run(
         [sys.executable, "-c", PROGRAM.replace("from jaxthyroid import cli", "import grain  # noqa")],
         cwd=ROOT,
-        env=_env(),
+        env=tiny_run_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -81,7 +72,7 @@ def test_tiny_reproduce_runs_without_tfds_or_grain(tmp_path):
         "--config.baselines=[]",
         "--config.scarcity.per_set=[]",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(cmd, cwd=ROOT, env=tiny_run_env(), capture_output=True, text=True, timeout=1200)
     log = done.stdout[-4000:] + done.stderr[-4000:]
     assert done.returncode == 0, log
     assert "imported modules ok" in done.stdout, log

@@ -2,7 +2,6 @@
 after a SIGKILL without redoing finished stages."""
 
 import json
-import os
 import pathlib
 import re
 import signal
@@ -12,20 +11,12 @@ import time
 
 import numpy as np
 import pytest
+from subprocess_env import tiny_run_env
 
 from jaxthyroid import metrics as metrics_lib
 from jaxthyroid import reproduce
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-
-
-def _env(tmp_path):
-    env = dict(os.environ)
-    # Compiling is most of a tiny run; LLVM's optimisation level changes how fast the
-    # compiled code runs, not what it computes (118 s -> 91 s cold on 2 cores).
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def finished_run(tmp_path_factory):
         str(out),
         f"--config.classifier.data.data_dir={tmp / 'data'}",
     ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=tiny_run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     marker = out / "seed0" / "gan" / "result.json"
     deadline = time.time() + 600
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
@@ -57,7 +48,7 @@ def finished_run(tmp_path_factory):
         for s in reproduce.STAGES
         if (out / "seed0" / s / "result.json").exists()
     }
-    rerun = subprocess.run(cmd, cwd=ROOT, env=_env(tmp), capture_output=True, text=True, timeout=900)
+    rerun = subprocess.run(cmd, cwd=ROOT, env=tiny_run_env(), capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     return out, first, rerun.stdout
 

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from subprocess_env import tiny_run_env
 
 from jaxthyroid import config as config_lib
 from jaxthyroid import kfold_report, reproduce
@@ -16,16 +17,6 @@ from jaxthyroid import kfold_report, reproduce
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FOLDS = 2
 SMALL = ["ablations=['no_gan']", "baselines=[]", "scarcity.per_set=[]"]
-
-
-def _env():
-    import os
-
-    env = dict(os.environ)
-    # As in test_reproduce: one device, LLVM's optimisation level off (faster compiles).
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def kfold_run(tmp_path_factory):
     overrides = [*SMALL, f"classifier.data.data_dir={tmp / 'data'}", f"classifier.folds={FOLDS}"]
     cmd = [sys.executable, "-m", "jaxthyroid", "reproduce", "--preset", "tiny", "--out", str(out)]
     cmd += [f"--config.{o}" for o in overrides]
-    proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, cwd=ROOT, env=tiny_run_env(), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     cfg = reproduce.load_preset("tiny", overrides)
     return out, cfg, proc.stdout

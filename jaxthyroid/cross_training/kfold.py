@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxthyroid import report, run_files
 from jaxthyroid.cross_training.run_dir import write_config
+from jaxthyroid.cross_training.training import best_round
 
 # Test metrics of a fold's phase: (name in kfold.json, subset, key in the evaluation).
 METRICS = (
@@ -43,12 +44,6 @@ def fold_config(cfg: ml_collections.ConfigDict, fold: int) -> ml_collections.Con
     return c
 
 
-def best_round(history: list[dict]) -> dict:
-    """The validation round whose checkpoint is a phase's result (the first with the
-    highest ``val_exact_match``, as the training picks it)."""
-    return max(history, key=lambda h: h.get("val_exact_match", -1.0))
-
-
 def fold_metrics(results: dict) -> dict[str, dict[str, float]]:
     """``{phase: {metric: value}}`` of one fold's results (:data:`METRICS`, plus the
     best validation round's ``val_exact_match`` on all, single- and cross-feature
@@ -59,11 +54,9 @@ def fold_metrics(results: dict) -> dict[str, dict[str, float]]:
         for name, subset, key in METRICS:
             s = ev[subset]
             row[name] = float(s[key] if key == "exact_match" else s["macro"][key])
-        history = results["histories"][phase]
-        row["val_exact_match_best"] = float(max(h.get("val_exact_match", float("nan")) for h in history))
-        best = best_round(history)
-        for subset in ("single", "cross"):
-            row[f"val_exact_match_{subset}_best"] = float(best.get(f"val_exact_match_{subset}", float("nan")))
+        best = best_round(results["histories"][phase])
+        for subset in ("", "_single", "_cross"):
+            row[f"val_exact_match{subset}_best"] = float(best.get(f"val_exact_match{subset}", float("nan")))
         out[phase] = row
     return out
 

@@ -32,6 +32,12 @@ from jaxthyroid.train import steps as steps_lib
 log = logging.getLogger(__name__)
 
 
+def best_round(history: list[dict]) -> dict:
+    """The validation round whose checkpoint is a phase's result: the first with the
+    highest ``val_exact_match`` (the best checkpoint's metric)."""
+    return max(history, key=lambda h: h.get("val_exact_match", -1.0))
+
+
 def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, mesh=None):
     """Trains one phase in ``WORKDIR/name`` for its budget of optimiser steps
     (:func:`phase_steps`): resumes an interrupted one; a finished one
@@ -118,7 +124,7 @@ def train_phase(name: str, cfg, data: Data, model, *, initial_variables=None, me
     )
     # fit donated its input state; the abstract template receives the best checkpoint.
     state = loop.restore_state(workdir, template, which="best")
-    best = max(history, key=lambda h: h.get("val_exact_match", -1.0))
+    best = best_round(history)
     info = {
         "history": history,
         "best_epoch": best["epoch"],
