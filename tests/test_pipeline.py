@@ -210,3 +210,30 @@ def test_per_set_subset_caps_each_finding_set():
     assert sorted(ids) == [0, 0, 0, 1, 1, 7, 7, 7]
     assert list(sub.indices) == sorted(sub.indices)
     assert list(sources.per_set_subset(records, 3, seed=1).indices) == list(sub.indices)
+
+
+def test_normalisation_of_read_only_images_is_remembered(monkeypatch):
+    """The pipeline normalises a read-only stored image once, and gets what
+    normalize_counts gives; a writeable array (which may change) every time."""
+    rng = np.random.default_rng(3)
+    stored = rng.poisson(30.0, (16, 16, 1)).astype(np.uint16)
+    stored[5:9, 5:9] += 400  # a gland: right-skewed, as scintigrams are
+    stored.flags.writeable = False
+    calls = []
+    real = transforms.normalize_counts
+    monkeypatch.setattr(transforms, "normalize_counts", lambda x: calls.append(1) or real(x))
+    memo = pipeline._NormalizedImages()
+    first, second = memo(stored), memo(stored)
+    assert len(calls) == 1 and second is first and not first.flags.writeable
+    np.testing.assert_array_equal(first, real(stored))
+    record = {"image": stored, "findings": np.zeros(6, np.float32), "finding_set": 0, "subset": 0}
+    np.testing.assert_array_equal(pipeline.preprocess(record)["image"], real(stored))  # the module's memo
+    assert len(calls) == 2
+    writeable = np.array(stored)
+    memo(writeable), memo(writeable)
+    assert len(calls) == 4
+    del stored, first, second, record
+    import gc
+
+    gc.collect()
+    assert len(memo) == 0  # the entry went with its array

@@ -62,7 +62,9 @@ def is_inverted(image, axis=(-3, -2, -1)):
     xp = _xp(image)
     x = xp.asarray(image).astype(xp.float32)
     centred = x - xp.mean(x, axis=axis, keepdims=True)
-    return xp.mean(centred**3, axis=axis, keepdims=True) < 0
+    # c * c * c, not c**3: NumPy's float32 power of negative bases takes libm's slow
+    # path (~50 ns a pixel against ~0.5 ns; 0.2 ms of every 64² image's preprocessing).
+    return xp.mean(centred * centred * centred, axis=axis, keepdims=True) < 0
 
 
 def uninvert(image, full_scale=None, axis=(-3, -2, -1)):
@@ -379,17 +381,27 @@ def augment_batch(key: jax.Array, counts: jax.Array, config: AugmentConfig) -> j
 
 
 # -- record -> example (the grain pipeline's map) ------------------------------------
-def preprocess(record: dict, augment: AugmentConfig | None = None, rng: np.random.Generator | None = None) -> dict:
+def preprocess(
+    record: dict,
+    augment: AugmentConfig | None = None,
+    rng: np.random.Generator | None = None,
+    *,
+    normalize=normalize_counts,
+) -> dict:
     """One stored record -> one model example (the batch layout of
     :mod:`jaxthyroid.data.pipeline`, without ``B``).
 
     With ``augment``, the raw counts are thinned and warped first (``rng`` draws it).
+    ``normalize``: :func:`normalize_counts` or a function that returns the same (the
+    pipeline passes one that remembers its results; it receives the stored array
+    itself when there is no augmentation).
     """
-    counts = np.asarray(record["image"], np.float32)
     if augment is not None:
-        counts = augment_counts_np(counts, augment, rng)
+        counts = augment_counts_np(np.asarray(record["image"], np.float32), augment, rng)
+    else:
+        counts = record["image"]
     return {
-        "image": normalize_counts(counts),
+        "image": normalize(counts),
         "findings": np.asarray(record["findings"], np.float32),
         "finding_set": np.int32(record["finding_set"]),
         "subset": np.int32(record["subset"]),
