@@ -11,7 +11,7 @@ from tolerance import fp_tolerance
 pytest.importorskip("grain")
 
 from jaxthyroid import findings
-from jaxthyroid.data import pipeline, sources, transforms
+from jaxthyroid.data import examples, pipeline, sources, transforms
 
 SIZE = 16
 TAX = findings.DEFAULT
@@ -222,7 +222,7 @@ def test_normalisation_of_read_only_images_is_remembered(monkeypatch):
     calls = []
     real = transforms.normalize_counts
     monkeypatch.setattr(transforms, "normalize_counts", lambda x: calls.append(1) or real(x))
-    memo = pipeline._NormalizedImages()
+    memo = examples.NormalizedImages()
     first, second = memo(stored), memo(stored)
     assert len(calls) == 1 and second is first and not first.flags.writeable
     np.testing.assert_array_equal(first, real(stored))

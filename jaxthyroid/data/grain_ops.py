@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import grain
 
-from jaxthyroid.data import pipeline, transforms
+from jaxthyroid.data import examples, transforms
 
 
 class Normalize(grain.transforms.Map):
-    """Record -> example without augmentation (:func:`pipeline.preprocess`)."""
+    """Record -> example without augmentation (:func:`examples.preprocess`)."""
 
     def map(self, record):
-        return pipeline.preprocess(record)
+        return examples.preprocess(record)
 
 
 class AugmentNormalize(grain.transforms.RandomMap):
@@ -22,4 +22,4 @@ class AugmentNormalize(grain.transforms.RandomMap):
         self.config = config
 
     def random_map(self, record, rng):
-        return pipeline.preprocess(record, self.config, rng)
+        return examples.preprocess(record, self.config, rng)

@@ -20,54 +20,20 @@ grain starts processes, which needs a ``__main__`` guard and
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Iterator
 
 import numpy as np
 
+from jaxthyroid.data import examples as examples_lib
 from jaxthyroid.data import transforms
 
 BATCH_KEYS = ("image", "findings", "finding_set", "subset", "synthetic")
 
 
-class _NormalizedImages:
-    """:func:`transforms.normalize_counts`, computed once per read-only NumPy array.
-
-    Without augmentation an image's normalised form depends on its counts alone, and the
-    decoded-record cache (:class:`jaxthyroid.data.features.InMemorySource`) hands out the
-    same read-only array every time the record is read: every pass of every training
-    over a split would otherwise normalise each image again (a percentile and a skewness
-    per image, ~0.2 ms at 64², on the host core that the train step also needs). A
-    read-only array is taken to be immutable; a writeable one (or a JAX array) is
-    normalised every time. An entry lives as long as the array it was computed from.
-    """
-
-    def __init__(self):
-        self._memo: dict[int, tuple[weakref.ref, np.ndarray]] = {}
-
-    def __call__(self, image):
-        if not isinstance(image, np.ndarray) or image.flags.writeable:
-            return transforms.normalize_counts(image)
-        key = id(image)
-        hit = self._memo.get(key)
-        if hit is not None and hit[0]() is image:
-            return hit[1]
-        out = transforms.normalize_counts(image)
-        out.flags.writeable = False
-        self._memo[key] = (weakref.ref(image, lambda _, key=key: self._memo.pop(key, None)), out)
-        return out
-
-    def __len__(self) -> int:
-        return len(self._memo)
-
-
-normalized_image = _NormalizedImages()
-
-
-def preprocess(record: dict, augment: transforms.AugmentConfig | None = None, rng=None) -> dict:
-    """:func:`transforms.preprocess` with the normalisation of stored images remembered
-    (:class:`_NormalizedImages`): the pipeline's record -> example."""
-    return transforms.preprocess(record, augment, rng, normalize=normalized_image)
+# Record -> example with the normalisation of stored images remembered (its own module,
+# so the grain transformations can import it without importing this one).
+normalized_image = examples_lib.normalized_image
+preprocess = examples_lib.preprocess
 
 
 def _make_transforms(augment):
