@@ -22,7 +22,10 @@ class NormalizedImages:
     over a split would otherwise normalise each image again (a percentile and a skewness
     per image, ~0.2 ms at 64², on the host core that the train step also needs). A
     read-only array is taken to be immutable; a writeable one (or a JAX array) is
-    normalised every time. An entry lives as long as the array it was computed from.
+    normalised every time. An entry lives as long as the array it was computed from: for
+    the decoded-record cache, as long as the process, so the memory it takes is that
+    cache's images again in float32 (twice their uint16 size; the cache's own budget,
+    ``$JAXTHYROID_MEMORY_CACHE_MB``, bounds both).
     """
 
     def __init__(self):
@@ -49,5 +52,5 @@ normalized_image = NormalizedImages()
 
 def preprocess(record: dict, augment: transforms.AugmentConfig | None = None, rng=None) -> dict:
     """:func:`transforms.preprocess` with the normalisation of stored images remembered
-    (:class:`_NormalizedImages`): the pipeline's record -> example."""
+    (:class:`NormalizedImages`): the pipeline's record -> example."""
     return transforms.preprocess(record, augment, rng, normalize=normalized_image)
