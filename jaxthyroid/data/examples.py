@@ -24,8 +24,8 @@ class NormalizedImages:
     read-only array is taken to be immutable; a writeable one (or a JAX array) is
     normalised every time. An entry lives as long as the array it was computed from: for
     the decoded-record cache, as long as the process, so the memory it takes is that
-    cache's images again in float32 (twice their uint16 size; the cache's own budget,
-    ``$JAXTHYROID_MEMORY_CACHE_MB``, bounds both).
+    cache's images again in float32: twice their uint16 size, so at most twice that
+    cache's budget (``$JAXTHYROID_MEMORY_CACHE_MB``).
     """
 
     def __init__(self):
