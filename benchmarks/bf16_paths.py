@@ -13,6 +13,8 @@ and each of fp32 / bf16 it compiles and times (median of ``--steps`` after one w
   float32 accumulation: PyTorch's autocast matmul);
 * ``weight-grad dot, f32 acc``: ``gᵀ · patches`` shaped like that conv's im2col weight
   gradient (``[32768, 64]ᵀ · [32768, 576]``: a long contraction into a small output);
+  the same in 8 batched chunks; and that conv's other two im2col dots (forward,
+  patches' gradient);
 
 and reads from the optimised HLO the dtype every convolution and dot computes in, and
 whether a library fusion (``__ynn_fusion``...) took it. With ``torch`` installed, PyTorch
@@ -64,6 +66,24 @@ def _cases(dtype):
         "matmul": (lambda a, b: a @ b, (a, a)),
         "matmul, f32 acc": (lambda a, b: jnp.matmul(a, b, preferred_element_type=f32), (a, a)),
         "weight-grad dot, f32 acc": (lambda g, p: jnp.einsum("mf,mk->fk", g, p, preferred_element_type=f32), (g, p)),
+        # The same contraction cut into 8 batched chunks and summed: a batched dot that
+        # YNNPACK takes in bf16.
+        "weight-grad dot in 8 chunks, f32 acc": (
+            lambda g, p: jnp.einsum(
+                "bmf,bmk->fk", g.reshape(8, -1, 64), p.reshape(8, -1, 576), preferred_element_type=f32
+            ),
+            (g, p),
+        ),
+        # The other two dots of that conv as an im2col matmul: forward (patches · W) and
+        # the patches' gradient (g · Wᵀ; col2im, not timed, would follow).
+        "im2col forward dot, f32 acc": (
+            lambda p, w: jnp.matmul(p, w, preferred_element_type=f32),
+            (p, k.reshape(576, 64)),
+        ),
+        "im2col input-grad dot, f32 acc": (
+            lambda g, w: jnp.matmul(g, w.T, preferred_element_type=f32),
+            (g, k.reshape(576, 64)),
+        ),
     }
 
 
