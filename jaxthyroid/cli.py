@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pathlib
 import sys
 
 from jaxthyroid import compile_cache
@@ -151,7 +152,9 @@ def _cmd_evaluate(args, overrides) -> None:
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return
-    print(cross_training.summary_table({"evaluations": {args.which: result}}))
+    done = pathlib.Path(args.run) / args.which / "done.json"  # the phase's own budget (steps, batch)
+    budgets = {args.which: json.loads(done.read_text())} if done.is_file() else {}
+    print(cross_training.summary_table({"evaluations": {args.which: result}, "budgets": budgets}))
     rows = [
         {
             "finding": name,

@@ -70,7 +70,8 @@ def test_evaluate_json_matches_results(run_dir, capsys):
     assert report["cross"]["exact_match"] == results["evaluations"]["phase2"]["cross"]["exact_match"]
     assert cli.main(["evaluate", "--run", str(run_dir), "--which", "plain"]) == 0
     out = capsys.readouterr().out
-    assert "| plain |" in out and "recall" in out
+    steps = json.loads((run_dir / "plain" / "done.json").read_text())["steps"]
+    assert f"| plain | {steps} |" in out and "recall" in out  # the steps column is filled
 
 
 def test_evaluate_under_either_decision_rule(run_dir, capsys):
