@@ -152,8 +152,9 @@ def _cmd_evaluate(args, overrides) -> None:
     if args.json:
         print(json.dumps(result, indent=2, default=float))
         return
-    done = pathlib.Path(args.run) / args.which / "done.json"  # the phase's own budget (steps, batch)
-    budgets = {args.which: json.loads(done.read_text())} if done.is_file() else {}
+    # The run's budgets (what `train` prints in this column), from its results.json.
+    saved = pathlib.Path(args.run) / "results.json"
+    budgets = json.loads(saved.read_text()).get("budgets", {}) if saved.is_file() else {}
     print(cross_training.summary_table({"evaluations": {args.which: result}, "budgets": budgets}))
     rows = [
         {

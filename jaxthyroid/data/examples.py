@@ -1,5 +1,5 @@
-"""One stored record -> one model example, with the normalisation of stored images
-computed once per process (:class:`NormalizedImages`). The input pipeline
+"""One stored record -> one model example (:func:`preprocess`), the normalisation of
+stored images computed once per process (:class:`NormalizedImages`). The input pipeline
 (:mod:`jaxthyroid.data.pipeline`) and its grain transformations
 (:mod:`jaxthyroid.data.grain_ops`) both use :func:`preprocess`. No TFDS or grain import.
 """
@@ -51,6 +51,20 @@ normalized_image = NormalizedImages()
 
 
 def preprocess(record: dict, augment: transforms.AugmentConfig | None = None, rng=None) -> dict:
-    """:func:`transforms.preprocess` with the normalisation of stored images remembered
-    (:class:`NormalizedImages`): the pipeline's record -> example."""
-    return transforms.preprocess(record, augment, rng, normalize=normalized_image)
+    """One stored record -> one model example (the batch layout of
+    :mod:`jaxthyroid.data.pipeline`, without ``B``).
+
+    With ``augment``, the raw counts are thinned and warped first (``rng`` draws it); the
+    stored image's normalisation is remembered (:data:`normalized_image`; an augmented
+    copy is writeable, so it is normalised afresh).
+    """
+    counts = record["image"]
+    if augment is not None:
+        counts = transforms.augment_counts_np(np.asarray(counts, np.float32), augment, rng)
+    return {
+        "image": normalized_image(counts),
+        "findings": np.asarray(record["findings"], np.float32),
+        "finding_set": np.int32(record["finding_set"]),
+        "subset": np.int32(record["subset"]),
+        "synthetic": np.int32(record.get("synthetic", 0)),
+    }

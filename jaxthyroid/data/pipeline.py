@@ -24,16 +24,10 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxthyroid.data import examples as examples_lib
 from jaxthyroid.data import transforms
+from jaxthyroid.data.examples import preprocess
 
 BATCH_KEYS = ("image", "findings", "finding_set", "subset", "synthetic")
-
-
-# Record -> example with the normalisation of stored images remembered (its own module,
-# so the grain transformations can import it without importing this one).
-normalized_image = examples_lib.normalized_image
-preprocess = examples_lib.preprocess
 
 
 def _make_transforms(augment):

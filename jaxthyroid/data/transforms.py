@@ -378,32 +378,3 @@ def augment_batch(key: jax.Array, counts: jax.Array, config: AugmentConfig) -> j
     params = sample_params_jax(k_params, config, counts.shape[1], (counts.shape[0],))
     thinned = thin_counts_jax(k_thin, counts, params.keep_fraction[:, None, None, None])
     return jax.vmap(lambda x, p: _blur_warp_window(x, p, config))(thinned, params)
-
-
-# -- record -> example (the grain pipeline's map) ------------------------------------
-def preprocess(
-    record: dict,
-    augment: AugmentConfig | None = None,
-    rng: np.random.Generator | None = None,
-    *,
-    normalize=normalize_counts,
-) -> dict:
-    """One stored record -> one model example (the batch layout of
-    :mod:`jaxthyroid.data.pipeline`, without ``B``).
-
-    With ``augment``, the raw counts are thinned and warped first (``rng`` draws it).
-    ``normalize``: :func:`normalize_counts` or a function that returns the same (the
-    pipeline passes one that remembers its results; it receives the stored array
-    itself when there is no augmentation).
-    """
-    if augment is not None:
-        counts = augment_counts_np(np.asarray(record["image"], np.float32), augment, rng)
-    else:
-        counts = record["image"]
-    return {
-        "image": normalize(counts),
-        "findings": np.asarray(record["findings"], np.float32),
-        "finding_set": np.int32(record["finding_set"]),
-        "subset": np.int32(record["subset"]),
-        "synthetic": np.int32(record.get("synthetic", 0)),
-    }
