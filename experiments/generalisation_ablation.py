@@ -14,6 +14,7 @@ Trains the plain arm of ``cross_training_quick`` once per variant, all step-matc
   augment+psf   + an extra PSF blur and a random export window (blur_prob, window_prob 0.5)
   randomised    training data from the phantom's "randomised" regime (only where the
                 training config has data.domain; skipped otherwise)
+  randomised+augment+psf   both: the randomised regime with the augment+psf pipeline
 
 and evaluates each on its own test split and on one held-out OOD split (the phantom's
 "ood" regime, the test split's size, :mod:`jaxthyroid.ood`). Prints a Markdown table;
@@ -31,6 +32,12 @@ ARMS = {
     "augment": ["data.augment=True"],
     "augment+psf": ["data.augment=True", "data.augmentation.blur_prob=0.5", "data.augmentation.window_prob=0.5"],
     "randomised": ["data.augment=False", "data.domain=randomised"],
+    "randomised+augment+psf": [
+        "data.domain=randomised",
+        "data.augment=True",
+        "data.augmentation.blur_prob=0.5",
+        "data.augmentation.window_prob=0.5",
+    ],
 }
 
 
@@ -55,7 +62,7 @@ def main(argv=None) -> None:
         ood.build_split(ood_path, n=d.n_test, size=d.size, cross_fraction=d.cross_fraction, seed=probe.seed)
     rows = []
     for arm in args.arms.split(","):
-        if arm == "randomised" and "domain" not in probe.data:
+        if arm.startswith("randomised") and "domain" not in probe.data:
             print(f"{arm}: skipped (the training config has no data.domain yet)", flush=True)
             continue
         cfg = config_lib.load_config(
