@@ -132,3 +132,62 @@ def test_memory_and_dtype_errors_keep_their_type(ckpt_dir, monkeypatch, error):
         _restore(ckpt_dir)
     assert err.value is error
     assert any("not corrupt, do not delete" in note for note in err.value.__notes__)
+
+
+def test_a_state_is_saved_packed_and_restores_exactly(tmp_path):
+    """One flat array per dtype on disk; the round trip gives every leaf back bit for bit,
+    with its dtype, in the template's structure."""
+    import orbax.checkpoint as ocp
+
+    from jaxthyroid.train import checkpoint as ckpt_lib
+
+    state = {
+        "params": {"kernel": jnp.linspace(-1.0, 1.0, 24).reshape(2, 3, 4), "bias": jnp.full((4,), 0.5)},
+        "step": jnp.asarray(7, jnp.int32),
+        "half": jnp.arange(5, dtype=jnp.bfloat16) / 3,
+        "empty": jnp.zeros((0, 3)),
+    }
+    ck = Checkpoints(tmp_path / "checkpoints")
+    ck.save(3, state, data={}, loop={"epoch": 1})
+    ck.close()
+    metadata = ocp.StandardCheckpointHandler().metadata(tmp_path / "checkpoints/latest/3/state")
+    tree = getattr(metadata, "item_metadata", metadata)
+    assert set(tree) == {ckpt_lib.PACKED}
+    assert {d: tuple(m.shape) for d, m in tree[ckpt_lib.PACKED].items()} == {
+        "float32": (28,),
+        "int32": (1,),
+        "bfloat16": (5,),
+    }
+    template = jax.tree.map(jnp.zeros_like, state)
+    restored, _, loop = _restore(tmp_path / "checkpoints", template)
+    assert ckpt_lib.LAYOUT not in loop and loop["epoch"] == 1
+    for (path, got), want in zip(jax.tree_util.tree_flatten_with_path(restored)[0], jax.tree.leaves(state)):
+        assert got.dtype == want.dtype and got.shape == want.shape, path
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_checkpoint_saved_leaf_by_leaf_still_restores(tmp_path, monkeypatch):
+    """States that cannot be packed (and checkpoints from before packing) keep orbax's
+    own tree layout and restore as before."""
+    from jaxthyroid.train import checkpoint as ckpt_lib
+
+    monkeypatch.setattr(ckpt_lib, "_pack", lambda state: None)
+    ck = Checkpoints(tmp_path / "checkpoints")
+    ck.save(1, STATE, data={}, loop={"epoch": 1})
+    ck.close()
+    monkeypatch.undo()
+    assert (tmp_path / "checkpoints/latest/1/state").is_dir()
+    state, _, _ = _restore(tmp_path / "checkpoints")
+    np.testing.assert_array_equal(state["w"], STATE["w"])
+    with pytest.raises(CheckpointError, match=r"w: checkpoint shape \(10, 100\), model shape \(10, 99\)"):
+        _restore(tmp_path / "checkpoints", {"w": jnp.zeros((10, 99)), "b": jnp.ones(3)})
+
+
+def test_typed_keys_and_mixed_placements_are_not_packed():
+    from jaxthyroid.train import checkpoint as ckpt_lib
+
+    assert ckpt_lib._pack({"key": jax.random.key(0), "w": jnp.ones(2)}) is None
+    mesh = parallel.make_mesh(8)
+    sharded = jax.device_put(jnp.ones(8), NamedSharding(mesh, P(parallel.DATA_AXIS)))
+    assert ckpt_lib._pack({"a": sharded, "b": jnp.ones(2)}) is None
+    assert ckpt_lib._pack({"a": jnp.ones(2), "b": jnp.ones(3)}) is not None

@@ -9,16 +9,27 @@ Items: ``state`` (the TrainState pytree), ``data`` (the train iterator's state a
 JSON, or none) and ``loop`` (epoch, batches consumed in it, RNG key data, history).
 Saves are synchronous and atomic (orbax writes to a temporary directory and renames
 it), so a killed run leaves the previous checkpoint intact.
+
+A state whose leaves all share one fully replicated placement (every state this
+package trains, on one device or data-parallel) is saved *packed*: one flat array per
+dtype (``state = {"packed_leaves": {dtype: [n]}}``), each leaf's path, shape and dtype
+listed in ``loop["state_layout"]``. orbax's cost is per array (metadata and a
+TensorStore spec each): a ResNet's ~170 leaves took ~0.25 s to save on a 2-core CPU,
+one packed array ~0.03 s, and a training saves every evaluation round. Restoring
+unpacks into the template's structure, dtypes and shardings; checkpoints saved leaf by
+leaf (other states, older runs) restore as before.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -82,14 +93,20 @@ def _key_str(k) -> str:
     return str(k)
 
 
+def _path_str(path) -> str:
+    return ".".join(_key_str(k) for k in path)
+
+
 def _leaf_shapes(tree) -> dict[str, tuple]:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {".".join(_key_str(k) for k in path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+    return {_path_str(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
 
 
-def check_compatible(saved_metadata, template, where: str) -> None:
-    """Raises CheckpointError when the saved tree's paths or shapes differ from ``template``."""
-    saved, wanted = _leaf_shapes(saved_metadata), _leaf_shapes(template)
+def check_compatible(saved_metadata, template, where: str, *, layout: list | None = None) -> None:
+    """Raises CheckpointError when the saved tree's paths or shapes differ from ``template``
+    (``layout``: a packed state's ``[path, shape, dtype]`` list, instead of its metadata)."""
+    saved = {p: tuple(shape) for p, shape, _ in layout} if layout is not None else _leaf_shapes(saved_metadata)
+    wanted = _leaf_shapes(template)
     missing = sorted(set(wanted) - set(saved))
     unexpected = sorted(set(saved) - set(wanted))
     reshaped = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
@@ -110,6 +127,94 @@ def check_compatible(saved_metadata, template, where: str) -> None:
         lines.append(f"  {k}: checkpoint shape {saved[k]}, model shape {wanted[k]}")
     lines.append("Use the config the checkpoint was trained with, or another workdir.")
     raise CheckpointError("\n".join(lines))
+
+
+# -- packed states ------------------------------------------------------------------
+
+PACKED = "packed_leaves"  # the state item's one key when the state was saved packed
+LAYOUT = "state_layout"  # the loop item's key listing the packed leaves
+
+
+def _packable(leaves: list) -> bool:
+    """Whether the leaves can share flat arrays: JAX arrays of plain dtypes with one
+    common, fully replicated sharding."""
+    if not leaves or not all(isinstance(leaf, jax.Array) for leaf in leaves):
+        return False
+    if any(jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.extended) for leaf in leaves):
+        return False  # typed PRNG keys and other extended dtypes do not concatenate
+    first = leaves[0].sharding
+    return first.is_fully_replicated and all(leaf.sharding == first for leaf in leaves)
+
+
+@functools.lru_cache(maxsize=32)
+def _pack_fn(groups: tuple[tuple[str, tuple[int, ...]], ...]):
+    """Jitted ``leaves -> {dtype: flat array}``; ``groups`` gives each dtype's leaf indices."""
+    return jax.jit(lambda leaves: {d: jnp.concatenate([jnp.ravel(leaves[i]) for i in idx]) for d, idx in groups})
+
+
+@functools.lru_cache(maxsize=32)
+def _unpack_fn(layout: tuple[tuple[str, int, tuple[int, ...], str], ...]):
+    """Jitted ``{dtype: flat array} -> leaves``; ``layout`` gives each leaf's packed dtype,
+    offset and shape, and the dtype it is restored as."""
+
+    def unpack(packed):
+        return [
+            packed[d][o : o + int(np.prod(shape, dtype=np.int64))].reshape(shape).astype(out)
+            for d, o, shape, out in layout
+        ]
+
+    return jax.jit(unpack)
+
+
+def _pack(state) -> tuple[dict, list] | None:
+    """``({PACKED: {dtype: flat array}}, layout)`` of a packable state, else None.
+    ``layout``: ``[path, shape, dtype]`` per leaf, in the order of the flat arrays."""
+    flat = jax.tree_util.tree_flatten_with_path(state)[0]
+    leaves = [leaf for _, leaf in flat]
+    if not _packable(leaves):
+        return None
+    groups: dict[str, list[int]] = {}
+    for i, leaf in enumerate(leaves):
+        groups.setdefault(np.dtype(leaf.dtype).name, []).append(i)
+    packed = _pack_fn(tuple((d, tuple(idx)) for d, idx in groups.items()))(leaves)
+    order = [i for idx in groups.values() for i in idx]
+    layout = [[_path_str(flat[i][0]), list(leaves[i].shape), np.dtype(leaves[i].dtype).name] for i in order]
+    return {PACKED: packed}, layout
+
+
+def _replicated_like(leaf) -> jax.sharding.Sharding:
+    """A fully replicated sharding on ``leaf``'s devices (its own when it is one)."""
+    sharding = getattr(leaf, "sharding", None)
+    if sharding is None:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if sharding.is_fully_replicated:
+        return sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+        return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+    return jax.sharding.SingleDeviceSharding(next(iter(sharding.addressable_devices)))
+
+
+def _is_packed(metadata) -> bool:
+    """Whether a state item's metadata (orbax's tree metadata, a mapping) is a packed state."""
+    keys = getattr(metadata, "keys", None)
+    return keys is not None and set(keys()) == {PACKED}
+
+
+def _unpack(packed: dict, layout: list, template) -> Any:
+    """The state in ``template``'s structure, dtypes and shardings (``layout`` checked
+    against it first: :func:`check_compatible`)."""
+    offsets, position = {}, {}
+    for path, shape, dtype in layout:
+        position[path] = (dtype, offsets.get(dtype, 0), tuple(shape))
+        offsets[dtype] = offsets.get(dtype, 0) + int(np.prod(shape, dtype=np.int64))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    spec = tuple(position[_path_str(p)] + (np.dtype(leaf.dtype).name,) for p, leaf in flat)
+    leaves = _unpack_fn(spec)(packed)
+    out = []
+    for (_, wanted), leaf in zip(flat, leaves):
+        sharding = getattr(wanted, "sharding", None)
+        out.append(leaf if sharding is None or leaf.sharding == sharding else jax.device_put(leaf, sharding))
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _handler_registry() -> ocp.DefaultCheckpointHandlerRegistry:
@@ -189,6 +294,9 @@ class Checkpoints:
         if mgr.latest_step() == step:
             return  # already saved at this step (mid-epoch save that ended an epoch)
         loop = dict(loop, metrics=metrics or {})
+        packed = _pack(state)
+        if packed is not None:
+            state, loop[LAYOUT] = packed
         mgr.save(
             step,
             args=ocp.args.Composite(
@@ -246,8 +354,18 @@ class Checkpoints:
             raise
         if metadata is None:
             raise self._corrupt(which, step, "its 'state' item has no metadata")
-        check_compatible(metadata, state_template, str(where))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+        packed = _is_packed(metadata)
+        if packed:  # flat arrays as saved, replicated where the template's first leaf lives
+            sharding = _replicated_like(jax.tree.leaves(state_template)[0])
+            abstract = {
+                PACKED: {
+                    d: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=sharding)
+                    for d, m in metadata[PACKED].items()
+                }
+            }
+        else:
+            check_compatible(metadata, state_template, str(where))
+            abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
         try:
             restored = mgr.restore(
                 step,
@@ -260,7 +378,20 @@ class Checkpoints:
                 raise self._corrupt(which, step, "its files fail to read", e) from e
             e.add_note(f"while restoring checkpoint {where}; its files read fine: it is not corrupt, do not delete it")
             raise
-        return restored["state"], restored["data"], restored["loop"]
+        state, loop = restored["state"], dict(restored["loop"])
+        if packed:
+            layout = loop.pop(LAYOUT, None)
+            if layout is None:
+                raise self._corrupt(which, step, f"its state is packed but its loop item lists no {LAYOUT}")
+            check_compatible(None, state_template, str(where), layout=layout)
+            try:
+                state = _unpack(state[PACKED], layout, state_template)
+            except Exception as e:
+                e.add_note(
+                    f"while unpacking checkpoint {where}; its files read fine: it is not corrupt, do not delete it"
+                )
+                raise
+        return state, restored["data"], loop
 
     def close(self) -> None:
         for mgr in self.managers.values():
