@@ -261,8 +261,10 @@ def gaussian_blur(image, sigma, max_sigma: float):
         offset = xp.arange(n)[None, :] - xp.arange(n)[:, None]
         return xp.where(xp.abs(offset) <= radius, k[xp.clip(offset + radius, 0, 2 * radius)], 0.0)
 
-    out = xp.einsum("ij,jkc,lk->ilc", matrix(h), xp.asarray(image, xp.float32), matrix(w))
-    return out.astype(xp.float32)
+    # Rows, then columns: two matrix products (a three-operand einsum is a naive
+    # four-index loop in NumPy, ~100x slower at 64²).
+    rows = xp.einsum("ij,jkc->ikc", matrix(h), xp.asarray(image, xp.float32))
+    return xp.einsum("ikc,lk->ilc", rows, matrix(w)).astype(xp.float32)
 
 
 def saturate(image, percentile):

@@ -14,9 +14,9 @@ A state whose leaves all share one fully replicated placement (every state this
 package trains, on one device or data-parallel) is saved *packed*: one flat array per
 dtype (``state = {"packed_leaves": {dtype: [n]}}``), each leaf's path, shape and dtype
 listed in ``loop["state_layout"]``. orbax's cost is per array (metadata and a
-TensorStore spec each): a ResNet's ~170 leaves took ~0.25 s to save on a 2-core CPU,
-one packed array ~0.03 s, and a training saves every evaluation round. Restoring
-unpacks into the template's structure, dtypes and shardings; checkpoints saved leaf by
+TensorStore spec each) and a training saves every evaluation round, so a ResNet's
+hundreds of leaves cost several times one array's save (measured:
+``benchmarks/checkpoint_save.py``, ``docs/benchmarks.md``). Restoring unpacks into the template's structure, dtypes and shardings; checkpoints saved leaf by
 leaf (other states, older runs) restore as before.
 """
 
