@@ -110,3 +110,23 @@ def test_validate_refuses_an_incomplete_augmentation_block():
     del cfg.data.augmentation["blur_prob"]
     with pytest.raises(ConfigError, match="blur_prob"):
         cross_training.validate(cfg)
+
+
+@pytest.mark.parametrize("kind", ["counts", "fractional", "negative", "constant", "ties"])
+def test_device_image_percentile_equals_jnp_percentile_bit_for_bit(kind):
+    """The bisection percentile of the device normalisation gives jnp.percentile's value
+    exactly (same order statistics, same float32 interpolation), on every kind of image."""
+    rng = np.random.default_rng(5)
+    x = rng.poisson(rng.uniform(0.5, 60.0, (6, 1, 1, 1)), (6, 32, 24, 1)).astype(np.float32)
+    if kind == "fractional":
+        x = x * 0.37 + rng.uniform(size=x.shape).astype(np.float32)
+    elif kind == "negative":
+        x = -(x * 0.37 + rng.uniform(size=x.shape).astype(np.float32))
+    elif kind == "constant":
+        x = np.full_like(x, 3.0)
+    elif kind == "ties":
+        x = np.minimum(x, 5.0)
+    for q in (99.5, 50.0, 0.0, 100.0, 97.3):
+        want = np.asarray(jax.jit(lambda v, q=q: jnp.percentile(v, q, axis=(-3, -2, -1), keepdims=True))(x))
+        got = np.asarray(jax.jit(lambda v, q=q: transforms.image_percentile_jax(v, q))(x))
+        np.testing.assert_array_equal(got, want, err_msg=f"{kind} q={q}")
