@@ -14,6 +14,7 @@ what adding the stage costs, not a kernel time. Results per machine: ``docs/benc
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -25,40 +26,32 @@ from jaxthyroid import findings, phantom
 from jaxthyroid.data import transforms
 from jaxthyroid.phantom import anatomy, imaging, simulator
 
+STAGES = (
+    "draws + layout",
+    "+ activity map",
+    "+ expected counts (blurs)",
+    "+ Poisson noise",
+    "+ export (= render)",
+    "+ normalisation (device_stream's batch)",
+)
 
-def _stages(size: int, params):
-    def draws(key, i):
-        _, lay = simulator.draw(key, i, params)
+
+def _render_until(stage: int, key, i, *, size: int, params):
+    """``phantom.render``'s steps up to ``STAGES[stage]``, returning that stage's output
+    (the draws as one number per parameter, so nothing is left for XLA to drop)."""
+    d, lay = simulator.draw(key, i, params)
+    if stage == 0:
         return jnp.stack([jnp.sum(jnp.asarray(v, jnp.float32)) for v in jax.tree.leaves(lay)])
-
-    def activity(key, i):
-        d, lay = simulator.draw(key, i, params)
-        return anatomy.activity_map(d.key("texture"), lay, size, params)[0]
-
-    def expected(key, i):
-        d, lay = simulator.draw(key, i, params)
-        act = anatomy.activity_map(d.key("texture"), lay, size, params)[0]
-        return imaging.expected_counts(act, lay, lay["fov"], params)[0]
-
-    def poisson(key, i):
-        d, lay = simulator.draw(key, i, params)
-        act = anatomy.activity_map(d.key("texture"), lay, size, params)[0]
-        return imaging.poisson(d.key("poisson"), imaging.expected_counts(act, lay, lay["fov"], params)[0], params)
-
-    def full(key, i):
-        return simulator.render(key, i, size=size, params=params)
-
-    def normalised(key, i):
-        return transforms.normalize_counts(simulator.render(key, i, size=size, params=params)[None])[0]
-
-    return {
-        "draws + layout": draws,
-        "+ activity map": activity,
-        "+ expected counts (blurs)": expected,
-        "+ Poisson noise": poisson,
-        "+ export (= render)": full,
-        "+ normalisation (device_stream's batch)": normalised,
-    }
+    out = anatomy.activity_map(d.key("texture"), lay, size, params)[0]
+    if stage >= 2:
+        out = imaging.expected_counts(out, lay, lay["fov"], params)[0]
+    if stage >= 3:
+        out = imaging.poisson(d.key("poisson"), out, params)
+    if stage >= 4:
+        out = imaging.export(out[..., None], lay)
+    if stage >= 5:
+        out = transforms.normalize_counts(out[None])[0]
+    return out
 
 
 def main(argv=None) -> None:
@@ -75,7 +68,8 @@ def main(argv=None) -> None:
     print("\n| stage (cumulative) | ms per batch | stage's own ms | images/s |")
     print("|---|---|---|---|")
     previous = 0.0
-    for name, fn in _stages(args.size, params).items():
+    for stage, name in enumerate(STAGES):
+        fn = functools.partial(_render_until, stage, size=args.size, params=params)
         batched = jax.jit(jax.vmap(fn))
         jax.block_until_ready(batched(phantom.example_keys(0, np.arange(args.batch)), ids))  # compile
         times = []

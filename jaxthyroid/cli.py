@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pathlib
 import sys
 
 from jaxthyroid import compile_cache
@@ -153,8 +152,7 @@ def _cmd_evaluate(args, overrides) -> None:
         print(json.dumps(result, indent=2, default=float))
         return
     # The run's budgets (what `train` prints in this column), from its results.json.
-    saved = pathlib.Path(args.run) / "results.json"
-    budgets = json.loads(saved.read_text()).get("budgets", {}) if saved.is_file() else {}
+    budgets = (cross_training.read_results(args.run) or {}).get("budgets", {})
     print(cross_training.summary_table({"evaluations": {args.which: result}, "budgets": budgets}))
     rows = [
         {

@@ -492,7 +492,7 @@ def _stage_kfold(cfg, seed, synthetic_dir):
             summary = cross_training.run(c)  # kfold.run_folds: one run per fold, kfold.json
             result["arms"][arm] = {"phase": final, "workdir": summary["workdir"]}
             for row, metrics, workdir in zip(per_fold, summary["per_fold"], summary["fold_workdirs"]):
-                fold_results = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+                fold_results = cross_training.read_results(workdir)
                 budget = paper_report.model_budget(fold_results["budgets"], final)
                 row[arm] = {
                     **metrics[final],

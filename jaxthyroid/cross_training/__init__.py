@@ -74,7 +74,7 @@ from jaxthyroid.cross_training.phases import (
     steps_from_epochs,
     warmup_steps,
 )
-from jaxthyroid.cross_training.run_dir import evaluate_run, load_run, predict_files, write_config
+from jaxthyroid.cross_training.run_dir import evaluate_run, load_run, predict_files, read_results, write_config
 from jaxthyroid.cross_training.schedule import budgets, resolve, run, validate
 from jaxthyroid.cross_training.training import train_phase
 
@@ -104,6 +104,7 @@ __all__ = [
     "phase_train_on",
     "predict_files",
     "predict_probs",
+    "read_results",
     "report_on_test_split",
     "resolve",
     "rounds",

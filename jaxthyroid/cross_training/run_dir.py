@@ -27,6 +27,16 @@ def _comparable(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "workdir"}
 
 
+RESULTS_FILE = "results.json"  # a finished run's test metrics, histories and budgets
+
+
+def read_results(run_dir) -> dict | None:
+    """A run's ``results.json`` (written by :func:`jaxthyroid.cross_training.run` when it
+    finishes), or None when the run has none."""
+    path = pathlib.Path(run_dir) / RESULTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def write_config(cfg, workdir: pathlib.Path) -> None:
     """Writes config.json; a workdir holding another config's run is an error."""
     path = workdir / "config.json"

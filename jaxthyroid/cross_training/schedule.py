@@ -35,7 +35,7 @@ from jaxthyroid.cross_training.phases import (
     rounds,
     warmup_steps,
 )
-from jaxthyroid.cross_training.run_dir import write_config
+from jaxthyroid.cross_training.run_dir import RESULTS_FILE, write_config
 from jaxthyroid.cross_training.training import train_phase
 from jaxthyroid.data import transforms
 from jaxthyroid.train import state as state_lib
@@ -203,5 +203,5 @@ def run(cfg: ml_collections.ConfigDict) -> dict:
         state_p, hist_p, info_p = train_phase("plain", cfg, data, model_p, mesh=mesh)
         record("plain", state_p, hist_p, info_p, model_p, apply_p)
     results["seconds"] = time.perf_counter() - t0
-    run_files.write_json(workdir / "results.json", results)
+    run_files.write_json(workdir / RESULTS_FILE, results)
     return results

@@ -237,11 +237,18 @@ class Checkpoints:
     """The latest ``keep`` checkpoints plus the best one by ``best_metric``."""
 
     def __init__(
-        self, directory: str | pathlib.Path, *, keep: int = 3, best_metric: str | None = None, best_mode: str = "max"
+        self,
+        directory: str | pathlib.Path,
+        *,
+        keep: int = 3,
+        best_metric: str | None = None,
+        best_mode: str = "max",
+        pack: bool = True,
     ):
         if best_mode not in ("max", "min"):
             raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
         self.directory = pathlib.Path(directory).absolute()
+        self.pack = pack  # save packable states packed (the module docstring); restore reads both
         self.best_metric = best_metric
         self.best_mode = best_mode
         self._best_value: Any = _UNREAD
@@ -294,7 +301,7 @@ class Checkpoints:
         if mgr.latest_step() == step:
             return  # already saved at this step (mid-epoch save that ended an epoch)
         loop = dict(loop, metrics=metrics or {})
-        packed = _pack(state)
+        packed = _pack(state) if self.pack else None
         if packed is not None:
             state, loop[LAYOUT] = packed
         mgr.save(
